@@ -1,0 +1,1 @@
+"""constitution package."""
