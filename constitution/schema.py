@@ -1,0 +1,292 @@
+"""The constitution's data model: every section of a lab's rules as strict pydantic models.
+
+A constitution is one TOML file. These models are its only definition: unknown keys are errors,
+numbers have real bounds, gate rules name known metrics and states, paths stay inside the lab and
+editable paths never overlap immutable ones. Validation problems surface as pydantic errors that
+`constitution.loader` turns into one line per problem; nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class GateState(StrEnum):
+    """Graduated gate states, from normal work to a full stop that needs a person."""
+
+    RUN = "RUN"
+    THROTTLE = "THROTTLE"
+    FREEZE = "FREEZE"
+    STOP = "STOP"
+
+
+# Severity order: a gate only escalates along this order by rules; stepping down needs probation.
+GATE_SEVERITY = {GateState.RUN: 0, GateState.THROTTLE: 1, GateState.FREEZE: 2, GateState.STOP: 3}
+
+
+class GateMetric(StrEnum):
+    """Quantities a gate rule can watch, each computed from a window of the ledger."""
+
+    CRASH_STREAK = "crash_streak"  # consecutive crashed or timed-out experiments
+    CRASHES = "crashes"  # crashed or timed-out experiments in the window
+    REFUSALS = "refusals"  # harm-test refusals in the window
+    STAGNATION = "stagnation"  # experiments since the last keep
+    BUDGET_BURN = "budget_burn"  # largest fraction of any session budget consumed (0..1+)
+    INTEGRITY_FAILURES = "integrity_failures"  # post-check failures in the window
+    HARD_CONSTRAINT_VIOLATIONS = "hard_constraint_violations"  # in the window
+    MEMORY_SOFT_EXCEEDED = "memory_soft_exceeded"  # experiments over the soft memory limit
+    BASELINE_DRIFT = "baseline_drift"  # |re-verified baseline - recorded baseline| in bpb
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+def _check_lab_path(path: str) -> str:
+    if not path or path.strip() != path:
+        raise ValueError("path must be a non-empty relative path without surrounding spaces")
+    p = PurePosixPath(path)
+    if p.is_absolute() or path.startswith("~") or "\\" in path:
+        raise ValueError(f"path {path!r} must be relative to the lab")
+    if any(part == ".." for part in p.parts):
+        raise ValueError(f"path {path!r} leaves the lab")
+    if any(part == ".git" or part == ".charter" for part in p.parts):
+        raise ValueError(f"path {path!r} is inside Charter's or git's own files")
+    return str(p)
+
+
+def _check_pin(value: str) -> str:
+    if value != "" and not SHA256_RE.match(value):
+        raise ValueError("must be a lowercase sha256 hex digest or \"\" (not pinned yet)")
+    return value
+
+
+LabPath = Annotated[str, AfterValidator(_check_lab_path)]
+Pin = Annotated[str, AfterValidator(_check_pin)]
+
+
+def _paths_overlap(a: str, b: str) -> bool:
+    pa, pb = PurePosixPath(a), PurePosixPath(b)
+    return pa == pb or pa in pb.parents or pb in pa.parents
+
+
+class Meta(Strict):
+    version: int = Field(ge=1)
+    parent_hash: Pin = ""
+    ratified_at: str = ""
+    amendment_id: str = ""
+    name: str = Field(default="lab", min_length=1, max_length=80)
+
+    @model_validator(mode="after")
+    def _genesis(self) -> "Meta":
+        if self.version == 1 and self.parent_hash:
+            raise ValueError("version 1 has no parent: parent_hash must be \"\"")
+        if self.version > 1 and not self.parent_hash:
+            raise ValueError(f"version {self.version} needs the parent_hash of version {self.version - 1}")
+        return self
+
+
+class Evaluation(Strict):
+    metric: Literal["val_bpb"] = "val_bpb"
+    direction: Literal["minimize"] = "minimize"
+    profile: Literal["cpu", "gpu"] = "cpu"
+    trust: Literal["evaluator", "reported"] = "evaluator"
+    train_command: list[str] = Field(min_length=1)
+    evaluate_command: list[str] = Field(min_length=1)
+    reported_metric_pattern: str = r"^val_bpb:\s*([0-9.]+)"
+    eval_tokens: int = Field(gt=0, le=1 << 30)
+    immutable: dict[LabPath, Pin] = Field(min_length=1)
+    data_hash: Pin = ""
+    tokenizer_hash: Pin = ""
+
+    @field_validator("reported_metric_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from None
+        return v
+
+
+class HardConstraint(Strict):
+    name: str = Field(min_length=1, max_length=80)
+    pattern: str = Field(min_length=1)  # regex that must never match an editable file after a change
+    why: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from None
+        return v
+
+
+HarmRule = Literal[
+    "network", "subprocess", "dynamic_import", "file_write", "data_access", "timing", "evaluation"
+]
+
+
+class Scope(Strict):
+    editable: list[LabPath] = Field(min_length=1)
+    max_diff_lines: int = Field(gt=0)
+    forbidden: list[HarmRule] = Field(default_factory=list)
+    hard_constraints: list[HardConstraint] = Field(default_factory=list)
+
+
+class ExperimentBudget(Strict):
+    training_seconds: float = Field(gt=0)
+    grace_seconds: float = Field(ge=0)  # start-up, compile and saving on top of training
+    evaluate_timeout_seconds: float = Field(gt=0)
+    memory_soft_mb: int = Field(gt=0)
+    memory_hard_mb: int = Field(gt=0)
+    disk_mb: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _memory(self) -> "ExperimentBudget":
+        if self.memory_soft_mb > self.memory_hard_mb:
+            raise ValueError("memory_soft_mb must not exceed memory_hard_mb")
+        return self
+
+
+class PeriodBudget(Strict):
+    experiments: int = Field(ge=0)
+    device_seconds: float = Field(ge=0)
+    wall_hours: float = Field(ge=0)
+    agent_tokens: int = Field(ge=0)
+    agent_dollars: float = Field(ge=0)
+    disk_mb: int = Field(ge=0)
+
+
+class Budgets(Strict):
+    experiment: ExperimentBudget
+    session: PeriodBudget
+    day: PeriodBudget
+
+
+class DecisionRule(Strict):
+    min_improvement: float = Field(ge=0)
+    confirmation_runs: int = Field(ge=0, le=10)
+    noise_sd: float = Field(ge=0)
+
+
+class GateRule(Strict):
+    name: str = Field(min_length=1, max_length=80)
+    metric: GateMetric
+    op: Literal[">=", ">", "<=", "<", "=="] = ">="
+    threshold: float
+    window: int = Field(gt=0, le=10_000)  # experiments looked back over
+    target: GateState
+
+    @field_validator("target")
+    @classmethod
+    def _not_run(cls, v: GateState) -> GateState:
+        if v == GateState.RUN:
+            raise ValueError("a rule escalates: target must be THROTTLE, FREEZE or STOP")
+        return v
+
+
+class ThrottleEffect(Strict):
+    confirmation_runs: int = Field(ge=0, le=10)
+    cooldown_seconds: float = Field(ge=0)
+
+
+class Gates(Strict):
+    probation_experiments: int = Field(ge=0)  # clear experiments before stepping down
+    rules: list[GateRule] = Field(default_factory=list)
+    throttle: ThrottleEffect
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Gates":
+        names = [r.name for r in self.rules]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"rule names must be unique (repeated: {', '.join(dup)})")
+        return self
+
+
+class Sandbox(Strict):
+    level: Literal["bubblewrap", "none"] = "bubblewrap"
+    allow_weaker: bool = False  # run with level "none" when bubblewrap can't run
+    max_processes: int = Field(gt=0)
+    max_file_mb: int = Field(gt=0)
+
+
+class Prices(Strict):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class Proposer(Strict):
+    kind: Literal["offline", "queue", "anthropic", "command"] = "offline"
+    seed: int = Field(ge=0)
+    model: str = ""
+    max_tokens_per_call: int = Field(gt=0)
+    command: list[str] = Field(default_factory=list)
+    prices: Prices
+
+
+class AmendmentTiers(Strict):
+    minor: int = Field(ge=1)  # tightening or a threshold tweak
+    major: int = Field(ge=1)  # loosening budgets or scope
+    constitutional: int = Field(ge=1)  # evaluation, entrenched sections, the ratifier list
+
+
+class Amendment(Strict):
+    ratifiers: list[str] = Field(min_length=1)
+    tiers: AmendmentTiers
+    entrenched: list[str] = Field(default_factory=list)
+    cooling_hours: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _tiers(self) -> "Amendment":
+        t = self.tiers
+        if not (t.minor <= t.major <= t.constitutional):
+            raise ValueError("tiers must not decrease: minor <= major <= constitutional")
+        if t.constitutional > len(set(self.ratifiers)):
+            raise ValueError(
+                f"tiers.constitutional needs {t.constitutional} ratifiers but only "
+                f"{len(set(self.ratifiers))} are listed"
+            )
+        unknown = [s for s in self.entrenched if s not in SECTIONS]
+        if unknown:
+            raise ValueError(f"entrenched names unknown sections: {', '.join(unknown)}")
+        return self
+
+
+SECTIONS = ("meta", "evaluation", "scope", "budgets", "decision", "gates", "sandbox", "proposer", "amendment")
+
+
+class Constitution(Strict):
+    meta: Meta
+    evaluation: Evaluation
+    scope: Scope
+    budgets: Budgets
+    decision: DecisionRule
+    gates: Gates
+    sandbox: Sandbox
+    proposer: Proposer
+    amendment: Amendment
+
+    @model_validator(mode="after")
+    def _paths(self) -> "Constitution":
+        for e in self.scope.editable:
+            for i in self.evaluation.immutable:
+                if _paths_overlap(e, i):
+                    raise ValueError(f"editable path {e!r} overlaps immutable path {i!r}")
+        return self
+
+    @property
+    def experiment_deadline_seconds(self) -> float:
+        """Wall seconds after which the controller kills a training run."""
+        b = self.budgets.experiment
+        return b.training_seconds + b.grace_seconds
