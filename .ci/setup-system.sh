@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Debian packages the project needs on a CI machine (run as root; no-ops when already there).
+set -euo pipefail
+
+# bubblewrap: the reference sandbox for train.py and the evaluator's model worker
+command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)

@@ -1,0 +1,262 @@
+"""`charter`: the command line, the one face of every role (operator, auditor, rule author).
+
+Each subcommand parses its arguments, calls one function of the package that owns the concept,
+and prints the result. Every error a person can cause becomes one line on stderr and a non-zero
+exit code (2 for an invalid constitution or usage, 1 for a failed check or refused action);
+tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import constitution
+from controller.anchor import newest_anchor
+from controller.control import ControllerUnreachable
+from controller.git_workspace import GitError
+from controller.lab import Lab, LabError, find_lab, init_lab
+from controller.operators import format_status, lab_status, operator_command
+from controller.preparation import prepare_lab
+from controller.proposers import ProposerError, make_proposer
+from controller.runner import PrepareError
+from controller.session import Session, SessionRefused
+from ledger import EventKind, Ledger, LedgerError
+
+
+class UsageError(Exception):
+    """A command used in a way that cannot work; the message says how to use it."""
+
+
+# -- constitution ---------------------------------------------------------------------------------
+
+
+def cmd_constitution_validate(args: argparse.Namespace) -> int:
+    rules = constitution.load(args.path)
+    print(f"ok: {args.path} (version {rules.meta.version}, hash {constitution.constitution_hash(rules)})")
+    return 0
+
+
+def cmd_constitution_show(args: argparse.Namespace) -> int:
+    rules = constitution.load(args.path)
+    print(json.dumps(rules.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_constitution_hash(args: argparse.Namespace) -> int:
+    print(constitution.constitution_hash(constitution.load(args.path)))
+    return 0
+
+
+def cmd_constitution_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(constitution.json_schema(), indent=2))
+    return 0
+
+
+# -- labs -----------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    lab = init_lab(args.dir, actor=f"person:{args.by}")
+    print(f"lab created at {lab.root}")
+    print(f"  constitution: {lab.constitution_path}")
+    print(f"  ledger:       {lab.ledger_path}")
+    print(f"next: charter prepare --lab {args.dir}  (data + tokenizer), then charter run --lab {args.dir}")
+    return 0
+
+
+# -- ledger ---------------------------------------------------------------------------------------
+
+
+def cmd_ledger_note(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    text = " ".join(args.text).strip()
+    if not text:
+        raise UsageError("a note needs some text: charter ledger note --by NAME TEXT")
+    with Ledger.open(lab.ledger_path) as led:
+        ev = led.append(EventKind.NOTE, actor=f"person:{args.by}", session=None, payload={"text": text})
+    print(f"noted as seq {ev.seq}")
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    anchor = newest_anchor(lab)
+    with Ledger.open(lab.ledger_path, read_only=True) as led:
+        result = led.verify(anchor=anchor)
+    if result.ok:
+        seq, digest = result.head if result.head else (0, "none")
+        tail = f" (anchor at seq {anchor[0]} matches)" if anchor else ""
+        print(f"ok: {result.count} events, head {digest}{tail}")
+        return 0
+    print(f"FAILED: {result.problem}", file=sys.stderr)
+    return 1
+
+
+# -- running a lab -----------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    data = prepare_lab(lab, actor=f"person:{args.by}", source=args.source)
+    print(f"prepared: profile {data['profile']}, data {data['data_hash'][:16]}, tokenizer {data['tokenizer_hash'][:16]}")
+    if data["pinned"]:
+        print(f"pinned in constitution.toml: {', '.join(data['pinned'])}")
+    return 0
+
+
+def _lab_for_run(arg: str | None, by: str, source: str | None) -> Lab:
+    """The lab `charter run` means; a newcomer with no lab gets ./lab created and prepared."""
+    try:
+        lab = find_lab(arg)
+    except LabError:
+        target = Path(arg or os.environ.get("CHARTER_LAB") or "lab")
+        if target.exists() and any(target.iterdir()):
+            raise
+        print(f"no lab found: creating {target.absolute()} and preparing its data (first run only)")
+        lab = init_lab(target, actor=f"person:{by}")
+    if not lab.load_constitution().evaluation.data_hash:
+        prepare_lab(lab, actor=f"person:{by}", source=source)
+    return lab
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    lab = _lab_for_run(args.lab, args.by, args.source)
+    rules = lab.load_constitution()
+    kind = args.proposer or rules.proposer.kind
+    proposer = make_proposer(kind, seed=rules.proposer.seed if args.seed is None else args.seed, queue_dir=args.queue)
+    session = Session(lab, proposer, tag=args.tag, max_experiments=args.max_experiments)
+    print(f"charter: session on {lab.root} with the {kind} proposer (status: charter status --lab {lab.root})")
+    summary = session.run()
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    print()
+    print(f"session {s['session']} ended: {s['reason']}")
+    print(f"  experiments: {s['experiments']}   keeps: {s['keeps']}   gate: {s['gate']}   branch: {s['branch']}")
+    if s.get("baseline_bpb") is not None:
+        best = s["best_bpb"]
+        print(f"  val_bpb: baseline {s['baseline_bpb']:.4f} -> best {best:.4f} ({best - s['baseline_bpb']:+.4f}) at {str(s['best_commit'])[:10]}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    status = lab_status(lab)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def _operator(args: argparse.Namespace, op: str) -> int:
+    lab = find_lab(args.lab)
+    reason = args.reason or ""
+    if op == "resume" and not reason.strip():
+        raise UsageError("resume needs a reason: charter resume --reason TEXT --by NAME")
+    result = operator_command(lab, op, by=args.by, reason=reason)
+    print(result)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="charter",
+        description="Constitutional controller for autonomous ML-research agents.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def lab_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--lab", help="lab directory (default: $CHARTER_LAB, then ./lab)")
+
+    c = sub.add_parser("constitution", help="validate, show, hash a constitution; print its JSON Schema")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, fn, helptext in [
+        ("validate", cmd_constitution_validate, "exit 0 if valid, else 2 with one line per problem"),
+        ("show", cmd_constitution_show, "print the validated constitution as JSON"),
+        ("hash", cmd_constitution_hash, "print the canonical hash"),
+    ]:
+        sp = csub.add_parser(name, help=helptext)
+        sp.add_argument("path")
+        sp.set_defaults(func=fn)
+    csub.add_parser("schema", help="print the JSON Schema").set_defaults(func=cmd_constitution_schema)
+
+    sp = sub.add_parser("init", help="create a lab (git repo + constitution + ledger) in an empty DIR")
+    sp.add_argument("dir")
+    sp.add_argument("--by", default=os.environ.get("USER", "operator"), help="who creates it")
+    sp.set_defaults(func=cmd_init)
+
+    lg = sub.add_parser("ledger", help="the lab's tamper-evident record")
+    lsub = lg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sp = lsub.add_parser("note", help="annotate the record (an operator's or auditor's note)")
+    lab_arg(sp)
+    sp.add_argument("--by", required=True, help="who writes the note")
+    sp.add_argument("text", nargs="+")
+    sp.set_defaults(func=cmd_ledger_note)
+    sp = lsub.add_parser("verify", help="recompute the hash chain; exit 1 naming the first bad seq")
+    lab_arg(sp)
+    sp.set_defaults(func=cmd_ledger_verify)
+
+    sp = sub.add_parser("prepare", help="prepare the lab's data and tokenizer and pin their hashes")
+    lab_arg(sp)
+    sp.add_argument("--by", default=os.environ.get("USER", "operator"))
+    sp.add_argument("--source", help="corpus: debian (default, offline), climbmix (network) or a directory of text/parquet")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("run", help="run a governed session (creates and prepares ./lab if there is none)")
+    lab_arg(sp)
+    sp.add_argument("--tag", help="session tag; the session works on branch charter/TAG")
+    sp.add_argument("--max-experiments", type=int, help="stop after N experiments (baseline not counted)")
+    sp.add_argument("--proposer", choices=["offline", "queue"], help="default: the constitution's proposer.kind")
+    sp.add_argument("--queue", help="directory of queued proposals (for --proposer queue)")
+    sp.add_argument("--seed", type=int, help="offline proposer seed (default: the constitution's)")
+    sp.add_argument("--source", help="corpus for a lab's first prepare (see charter prepare)")
+    sp.add_argument("--by", default=os.environ.get("USER", "operator"))
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("status", help="gate state and why, the session, the experiment in flight, budgets, best")
+    lab_arg(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+
+    for op, helptext in [("pause", "hold the gate at FREEZE until resumed"),
+                         ("stop", "stop the session now (gate STOP; needs `charter resume`)"),
+                         ("resume", "clear STOP or a pause (a person, with a reason)")]:
+        sp = sub.add_parser(op, help=helptext)
+        lab_arg(sp)
+        sp.add_argument("--by", required=op == "resume", default=os.environ.get("USER", "operator"), help="who")
+        sp.add_argument("--reason", required=op == "resume", help="why (recorded in the ledger)")
+        sp.set_defaults(func=lambda a, op=op: _operator(a, op))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except constitution.ConstitutionError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return 2
+    except UsageError as e:
+        print(f"charter: {e}", file=sys.stderr)
+        return 2
+    except (LabError, LedgerError, GitError, SessionRefused, PrepareError, ProposerError, ControllerUnreachable) as e:
+        print(f"charter: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("charter: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

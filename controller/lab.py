@@ -1,0 +1,167 @@
+"""A lab: a git repository governed by one constitution, with Charter's own state beside it.
+
+`init_lab` creates one from the `trainer/` template and the default constitution (immutable
+files pinned by sha256), commits the baseline and records the creation as the ledger's first
+event. `find_lab` resolves which lab a command means: `--lab`, then `$CHARTER_LAB`, then `./lab`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import constitution
+from controller.git_workspace import GitWorkspace
+from ledger import EventKind, Ledger
+
+# trainer/ is installed beside controller/ (both from source and from a wheel)
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "trainer"
+
+GITIGNORE = """\
+# Charter's own state (ledger, runs, control socket) never enters the lab's history
+.charter/
+run/
+__pycache__/
+"""
+
+
+class LabError(Exception):
+    """A lab that can't be created or found; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Lab:
+    root: Path
+
+    @property
+    def constitution_path(self) -> Path:
+        return self.root / "constitution.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".charter"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.duckdb"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    @property
+    def git(self) -> GitWorkspace:
+        return GitWorkspace(self.root)
+
+    def load_constitution(self) -> constitution.Constitution:
+        return constitution.load(self.constitution_path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def template_files() -> dict[str, bytes]:
+    """Every file of the trainer template, by lab-relative name."""
+    files = {}
+    for entry in sorted(TEMPLATE_DIR.iterdir()):
+        name = entry.name
+        if entry.is_file() and not name.startswith((".", "__")) and not name.endswith(".pyc"):
+            files[name] = entry.read_bytes()
+    return files
+
+
+def pin_immutable(text: str, pins: dict[str, str]) -> str:
+    """Fill the sha256 of each immutable file into the constitution text, keeping comments."""
+    for path, digest in pins.items():
+        pattern = re.compile(r'^(\s*"' + re.escape(path) + r'"\s*=\s*)"[0-9a-f]*"', re.MULTILINE)
+        text, n = pattern.subn(lambda m: f'{m.group(1)}"{digest}"', text, count=1)
+        if n != 1:
+            raise LabError(f"constitution has no [evaluation.immutable] entry for {path!r} to pin")
+    return text
+
+
+def set_pin(text: str, key: str, digest: str) -> str:
+    """Set a top-level `key = "..."` pin (data_hash, tokenizer_hash) in constitution text."""
+    pattern = re.compile(r'^(\s*' + re.escape(key) + r'\s*=\s*)"[0-9a-f]*"', re.MULTILINE)
+    text, n = pattern.subn(lambda m: f'{m.group(1)}"{digest}"', text, count=1)
+    if n != 1:
+        raise LabError(f"constitution has no {key} line to pin")
+    return text
+
+
+def init_lab(root: str | Path, actor: str = "operator") -> Lab:
+    root = Path(root).absolute()
+    if root.exists() and not root.is_dir():
+        raise LabError(f"{root} exists and is not a directory")
+    if root.exists() and any(root.iterdir()):
+        raise LabError(f"{root} is not empty; choose a new or empty directory for the lab")
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _populate(Lab(root), actor)
+    except BaseException:
+        # leave nothing half-made behind: the directory was empty (or absent) before
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for p in root.iterdir():
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        raise
+
+
+def _populate(lab: Lab, actor: str) -> Lab:
+    root = lab.root
+
+    for name, data in template_files().items():
+        (root / name).write_bytes(data)
+    (root / ".gitignore").write_text(GITIGNORE)
+    text = constitution.default_text()
+    immutable = constitution.parse_text(text, "default.toml").evaluation.immutable
+    missing = [p for p in immutable if not (root / p).is_file()]
+    if missing:
+        raise LabError(f"the trainer template lacks immutable file(s): {', '.join(missing)}")
+    text = pin_immutable(text, {p: file_sha256(root / p) for p in immutable})
+    lab.constitution_path.write_text(text)
+    rules = lab.load_constitution()
+
+    git = lab.git
+    git.init()
+    commit = git.commit_all("charter: lab created from the trainer template")
+
+    lab.state_dir.mkdir()
+    with Ledger.open(lab.ledger_path) as led:
+        led.append(
+            EventKind.LAB_CREATED,
+            actor=actor,
+            session=None,
+            commit_sha=commit,
+            payload={
+                "root": str(root),
+                "constitution_hash": constitution.constitution_hash(rules),
+                "constitution_version": rules.meta.version,
+                "files": sorted(template_files()) + ["constitution.toml", ".gitignore"],
+            },
+        )
+    return lab
+
+
+def find_lab(arg: str | None) -> Lab:
+    """The lab a command means: --lab, then $CHARTER_LAB, then ./lab."""
+    chosen = arg or os.environ.get("CHARTER_LAB") or "lab"
+    root = Path(chosen).absolute()
+    if not (root / "constitution.toml").is_file() or not (root / ".charter").is_dir():
+        how = "--lab" if arg else ("$CHARTER_LAB" if os.environ.get("CHARTER_LAB") else "./lab")
+        raise LabError(f"no lab at {root} (from {how}); create one with `charter init {chosen}`")
+    return Lab(root)

@@ -1,0 +1,57 @@
+"""Preparing a lab's data and tokenizer, and pinning their hashes in its constitution.
+
+`charter prepare` checks the lab's prepare.py against its pin, runs it (idempotent: the cache is
+reused), asks it to re-hash every artifact (`prepare.py verify --json`) and fills the
+constitution's empty `data_hash` / `tokenizer_hash` pins, committing that change. A pin that is
+already set and no longer matches is an error, never silently updated.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import constitution
+from controller.lab import Lab, LabError, file_sha256, set_pin
+from controller.runner import base_env, verify_data
+from ledger import EventKind, Ledger
+
+
+def prepare_lab(lab: Lab, actor: str = "operator", quiet: bool = False, source: str | None = None) -> dict:
+    rules = lab.load_constitution()
+    pin = rules.evaluation.immutable.get("prepare.py")
+    if pin and file_sha256(lab.root / "prepare.py") != pin:
+        raise LabError("prepare.py does not match its pin in constitution.toml; restore it with `git checkout main -- prepare.py`")
+    env = dict(os.environ, **{k: v for k, v in base_env(rules).items() if k.startswith(("CHARTER_", "HF_"))})
+    env.pop("CHARTER_TIME_BUDGET", None)
+    proc = subprocess.run(
+        [sys.executable, "prepare.py", *(["--source", source] if source else [])], cwd=lab.root, env=env,
+        stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE if quiet else None, text=True,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or "").strip().splitlines()
+        raise LabError(f"prepare.py failed (exit {proc.returncode}){': ' + tail[-1] if tail else ''}")
+    data = verify_data(lab.root, rules)
+
+    text = lab.constitution_path.read_text()
+    pinned = {}
+    for key in ("data_hash", "tokenizer_hash"):
+        want, have = getattr(rules.evaluation, key), data.get(key)
+        if not isinstance(have, str):
+            raise LabError(f"prepare.py verify reported no {key}")
+        if want and want != have:
+            raise LabError(f"the prepared {key.split('_')[0]} ({have[:12]}) does not match evaluation.{key} ({want[:12]}) in constitution.toml")
+        if not want:
+            text = set_pin(text, key, have)
+            pinned[key] = have
+    if pinned:
+        new_rules = constitution.parse_text(text, "constitution.toml")
+        lab.constitution_path.write_text(text)
+        commit = lab.git.commit_all("charter: pin prepared data and tokenizer hashes")
+        with Ledger.open(lab.ledger_path) as led:
+            led.append(EventKind.CONSTITUTION_LOADED, actor=actor, commit_sha=commit, payload={
+                "reason": "data and tokenizer hashes pinned by charter prepare", "pinned": pinned,
+                "hash": constitution.constitution_hash(new_rules), "version": new_rules.meta.version,
+            })
+    return {**data, "pinned": sorted(pinned)}

@@ -1,0 +1,104 @@
+"""Fixtures for governed-loop tests: a prepared cache over a small local corpus, tiny labs."""
+
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from controller.lab import Lab, init_lab
+from controller.preparation import prepare_lab
+
+# a tiny model and budgets so one experiment (train + evaluate) takes seconds on 2 cores
+TINY_TRAIN = dict(DEPTH="1", MODEL_DIM="32", HEAD_DIM="16", DEVICE_BATCH_SIZE="4", TOTAL_BATCH_SIZE="1024")
+TINY_RULES = {
+    "training_seconds = 60": "training_seconds = 2",
+    "grace_seconds = 90": "grace_seconds = 60",
+    "eval_tokens = 131072": "eval_tokens = 4096",
+    "probation_experiments = 3": "probation_experiments = 1",
+    "cooldown_seconds = 5": "cooldown_seconds = 0",
+    "confirmation_runs = 1      # every candidate": "confirmation_runs = 0      # every candidate",
+}
+
+
+def make_corpus(root: Path, max_bytes: int = 300_000) -> Path:
+    """Real text without the network: the installed stdlib's sources, one .txt per module."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    root.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for path in sorted(stdlib.glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")[:12_000]
+        (root / f"{path.stem}.txt").write_text(text, encoding="utf-8")
+        total += len(text)
+        if total >= max_bytes:
+            break
+    return root
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "text")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def charter_env(tmp_path_factory):
+    """One cache for the whole test session; eager mode (no 20 s compile) for tiny runs."""
+    cache = tmp_path_factory.mktemp("charter-cache")
+    old = dict(os.environ)
+    os.environ.update(CHARTER_CACHE_DIR=str(cache), CHARTER_NO_COMPILE="1", HF_HUB_OFFLINE="1")
+    os.environ.pop("CHARTER_LAB", None)
+    yield cache
+    os.environ.clear()
+    os.environ.update(old)
+
+
+def edit_lab(lab: Lab, rules: dict[str, str] | None = None, train: dict[str, str] | None = None, message: str = "test set-up") -> None:
+    """Edit the lab's constitution lines and train.py constants, then commit."""
+    text = lab.constitution_path.read_text()
+    for old, new in (rules or {}).items():
+        assert old in text, f"{old!r} not in constitution"
+        text = text.replace(old, new, 1)
+    lab.constitution_path.write_text(text)
+    src = (lab.root / "train.py").read_text()
+    for name, value in (train or {}).items():
+        src, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", src, flags=re.M)
+        assert n == 1, name
+    (lab.root / "train.py").write_text(src)
+    lab.git.commit_all(message)
+
+
+@pytest.fixture
+def make_lab(tmp_path, corpus):
+    """A prepared lab with tiny budgets; extra rule/train edits per test."""
+    def make(rules=None, train=None, name="lab") -> Lab:
+        lab = init_lab(tmp_path / name)
+        edit_lab(lab, {**TINY_RULES, **(rules or {})}, {**TINY_TRAIN, **(train or {})})
+        prepare_lab(lab, quiet=True, source=str(corpus))
+        return lab
+    return make
+
+
+def charter(*args, cwd=None, env=None, timeout=600):
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "controller.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env or dict(os.environ), timeout=timeout)
+
+
+def queue_folder(queue: Path, name: str, files: dict[str, str], description: str | None = None) -> None:
+    d = queue / name
+    d.mkdir(parents=True)
+    for rel, text in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text(text)
+    if description:
+        (d / "description.txt").write_text(description)
+
+
+def with_constants(source: str, **consts) -> str:
+    for name, value in consts.items():
+        source, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", source, flags=re.M)
+        assert n == 1, name
+    return source

@@ -1,0 +1,340 @@
+"""The sandbox runner against real bubblewrap: tiny Python scripts try to escape their limits."""
+
+import json
+import os
+import socket
+import subprocess
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from controller import sandbox
+from controller.sandbox import SandboxSpec, SandboxUnavailable, detect_level, minimal_env, run, worker_prefix
+
+BWRAP = detect_level()[0] == "bubblewrap"
+needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")
+LEVELS = [pytest.param("bubblewrap", marks=needs_bwrap), "none"]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A lab dir with a hidden ledger, a run dir inside that, and validation data visible but for hiding."""
+    root = tmp_path / "lab"
+    (root / ".charter" / "runs" / "r1").mkdir(parents=True)
+    (root / ".charter" / "ledger.duckdb").write_text("ledger")
+    (root / "train.py").write_text("print('hi')\n")
+    data = root / "data"          # inside the lab: visible through the read-only lab bind
+    (data / "val").mkdir(parents=True)
+    (data / "val" / "shard0.bin").write_text("validation tokens")
+    (data / "val.bin").write_text("validation tokens")
+    return root
+
+
+def make_spec(lab, code, *args, **kw):
+    """A spec running `python script.py ARGS` in the lab, writing only to its run dir."""
+    script = lab / f"script_{uuid.uuid4().hex[:8]}.py"
+    script.write_text(textwrap.dedent(code))
+    run_dir = lab / ".charter" / "runs" / "r1"
+    data = lab / "data"
+    defaults = dict(argv=["python", str(script), *args], cwd=lab, writable=[run_dir],
+                    hidden=[lab / ".charter", data / "val", data / "val.bin"], env=minimal_env(run_dir),
+                    timeout_s=20, memory_mb=1000, max_processes=64, max_file_mb=50,
+                    stdout_path=run_dir / "log.txt")
+    defaults.update(kw)
+    return SandboxSpec(**defaults)
+
+
+def alive(marker):
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+def test_detect_level_reports_bubblewrap():
+    level, why = detect_level()
+    assert level == "bubblewrap", why
+    assert "works" in why
+
+
+def test_bubblewrap_unavailable_raises(lab, monkeypatch):
+    monkeypatch.setattr(sandbox, "_bwrap_ok", False)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    assert detect_level()[0] == "none"
+    with pytest.raises(SandboxUnavailable, match="not installed"):
+        run(make_spec(lab, "print(1)"), "bubblewrap")
+    with pytest.raises(ValueError):
+        run(make_spec(lab, "print(1)"), "docker")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_runs_and_logs(lab, level):
+    started = []
+    spec = make_spec(lab, "import os; print('cwd', os.getcwd()); raise SystemExit(3)")
+    result = run(spec, level, on_start=started.append)
+    assert result.returncode == 3 and result.level == level
+    assert not result.timed_out and not result.memory_killed
+    assert f"cwd {lab}" in result.log_tail
+    assert f"cwd {lab}" in spec.stdout_path.read_text()
+    assert started and started[0] > 0
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_timeout_kills_the_process(lab, level):
+    marker = uuid.uuid4().hex
+    started = []
+    result = run(make_spec(lab, "import time; print('up', flush=True); time.sleep(60)", marker, timeout_s=1.5),
+                 level, on_start=started.append)
+    assert result.timed_out and result.returncode is None and result.kill_reason == "timeout"
+    assert 1.4 < result.wall_seconds < 6
+    assert "up" in result.log_tail
+    with pytest.raises(ProcessLookupError):
+        os.kill(started[0], 0)
+    assert not alive(marker)
+
+
+CHILD = """
+import subprocess, sys, time
+# a grandchild that detaches into its own session and would outlive us
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", sys.argv[1]], start_new_session=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize("main_sleep", ["60", "0.3"])
+def test_detached_grandchild_is_killed(lab, main_sleep):
+    marker = uuid.uuid4().hex
+    result = run(make_spec(lab, CHILD, marker, main_sleep, timeout_s=2), "bubblewrap")
+    assert result.timed_out == (main_sleep == "60")
+    assert not alive(marker)
+
+
+def test_grandchild_is_killed_without_bwrap(lab):
+    marker = uuid.uuid4().hex
+    code = CHILD.replace(", start_new_session=True", "")   # level none kills its process group
+    result = run(make_spec(lab, code, marker, "0.1"), "none")
+    assert result.returncode == 0
+    assert not alive(marker)
+
+
+@needs_bwrap
+def test_no_network(lab):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    code = """
+    import socket, sys
+    for host, port in [("127.0.0.1", int(sys.argv[1])), ("1.1.1.1", 53), ("8.8.8.8", 443)]:
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+            print("REACHED", host)
+        except OSError as e:
+            print("blocked", host, e)
+    """
+    try:
+        inside = run(make_spec(lab, code, str(port)), "bubblewrap")
+        outside = run(make_spec(lab, code, str(port)), "none")   # proves the server is real
+    finally:
+        server.close()
+    assert "REACHED" not in inside.log_tail
+    assert "blocked 127.0.0.1" in inside.log_tail
+    assert "REACHED 127.0.0.1" in outside.log_tail
+
+
+@needs_bwrap
+def test_hidden_data_and_ledger_are_invisible(lab):
+    data = lab / "data"
+    code = f"""
+    import json, os
+    out = {{}}
+    try:   # a hidden file is /dev/null bound without device access: unreadable
+        out["val_file"] = open({str(data / "val.bin")!r}).read()
+    except OSError as e:
+        out["val_file"] = e.strerror
+    out["val_dir"] = os.listdir({str(data / "val")!r})
+    out["charter"] = sorted(os.listdir({str(lab / ".charter")!r}))
+    print(json.dumps(out))
+    """
+    result = run(make_spec(lab, code), "bubblewrap")
+    assert result.returncode == 0, result.log_tail
+    seen = json.loads(result.log_tail.strip().splitlines()[-1])
+    assert seen == {"val_file": "Permission denied", "val_dir": [], "charter": ["runs"]}   # only the path to the run dir
+    assert (data / "val.bin").read_text() == "validation tokens"           # but it is there
+    assert (data / "val" / "shard0.bin").exists() and (lab / ".charter" / "ledger.duckdb").exists()
+
+
+@needs_bwrap
+def test_writes_only_to_the_run_dir(lab):
+    outside_tmp = Path("/tmp") / f"charter-escape-{uuid.uuid4().hex}"
+    run_dir = lab / ".charter" / "runs" / "r1"
+    targets = [lab / "planted.py", outside_tmp, Path("/root") / f"charter-escape-{uuid.uuid4().hex}",
+               lab / ".charter" / "planted", lab / "data" / "val" / "planted", Path("/etc/charter-escape")]
+    code = f"""
+    import sys
+    for path in {[str(t) for t in targets]!r} + [{str(run_dir / "ok.txt")!r}, "/tmp/scratch"]:
+        try:
+            open(path, "w").write("x")
+            print("WROTE", path)
+        except OSError as e:
+            print("denied", path, e.strerror)
+    """
+    result = run(make_spec(lab, code), "bubblewrap")
+    assert result.returncode == 0, result.log_tail
+    for t in targets:
+        assert not t.exists()
+        if t != outside_tmp:     # that one lands in the private /tmp, gone with the sandbox
+            assert f"WROTE {t}\n" not in result.log_tail
+    assert (run_dir / "ok.txt").read_text() == "x"
+    assert "WROTE /tmp/scratch" in result.log_tail        # a private /tmp works
+
+
+@needs_bwrap
+def test_no_capabilities(lab):
+    hidden = lab / "data" / "val"
+    code = f"""
+    import os
+    print("caps", [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0])
+    os.system("umount {hidden} 2>/dev/null")
+    print("val", os.listdir({str(hidden)!r}))
+    try:
+        open("/proc/sys/kernel/hostname", "w").write("pwned")
+        print("SYSCTL WRITTEN")
+    except OSError as e:
+        print("sysctl denied", e.strerror)
+    """
+    result = run(make_spec(lab, code), "bubblewrap")
+    assert "caps 0000000000000000" in result.log_tail
+    assert "val []" in result.log_tail
+    assert "sysctl denied" in result.log_tail
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_memory_limit_kills(lab, level):
+    code = """
+    import time
+    hog = []
+    for _ in range(60):
+        hog.append(bytearray(50 << 20))   # 3 GB in steps of 50 MB
+        time.sleep(0.05)
+    print("SURVIVED")
+    """
+    result = run(make_spec(lab, code, memory_mb=300), level)
+    assert result.memory_killed and result.kill_reason == "memory", result
+    assert "SURVIVED" not in result.log_tail
+    assert result.peak_rss_mb > 300
+
+
+@needs_bwrap
+def test_private_tmp_counts_as_memory(lab):
+    code = """
+    import time
+    try:
+        with open("/tmp/fill", "wb") as f:
+            for _ in range(100):
+                f.write(b"x" * (10 << 20))
+                f.flush()
+    except OSError as e:
+        print("full", e)
+    time.sleep(10)
+    """
+    result = run(make_spec(lab, code, memory_mb=200, max_file_mb=2000), "bubblewrap")
+    assert result.memory_killed, result
+
+
+@needs_bwrap
+def test_process_limit(lab):
+    code = """
+    import subprocess, sys, time
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(12)]
+    time.sleep(30)
+    """
+    result = run(make_spec(lab, code, max_processes=6), "bubblewrap")
+    assert result.kill_reason == "processes" and result.returncode is None
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_file_size_limit(lab, level):
+    run_dir = lab / ".charter" / "runs" / "r1"
+    code = f"""
+    try:
+        with open({str(run_dir / "big.bin")!r}, "wb") as f:
+            f.write(b"x" * (3 << 20))
+        print("WROTE BIG")
+    except OSError as e:
+        print("too big", e.strerror)
+    """
+    result = run(make_spec(lab, code, max_file_mb=1), level)
+    assert "too big" in result.log_tail and "WROTE BIG" not in result.log_tail
+    assert (run_dir / "big.bin").stat().st_size <= 1 << 20
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_environment_is_cleared(lab, level, monkeypatch):
+    monkeypatch.setenv("CHARTER_TEST_SECRET", "hunter2")
+    code = "import json, os; print(json.dumps(dict(os.environ)))"
+    result = run(make_spec(lab, code, env=minimal_env(lab, {"SEED": "7"})), level)
+    env = json.loads(result.log_tail.strip().splitlines()[-1])
+    assert "CHARTER_TEST_SECRET" not in env and "hunter2" not in result.log_tail
+    assert env["SEED"] == "7" and env["HOME"] == str(lab)
+
+
+def test_log_is_capped_and_tail_kept(lab, monkeypatch):
+    monkeypatch.setattr(sandbox, "LOG_CAP_BYTES", 10_000)
+    code = "for i in range(5000): print(f'line {i:05d}')"
+    spec = make_spec(lab, code)
+    result = run(spec, "none")
+    text = spec.stdout_path.read_text()
+    assert len(text) < 11_000 and "truncated" in text
+    assert result.log_tail.rstrip().endswith("line 04999") and len(result.log_tail) <= sandbox.TAIL_BYTES
+
+
+@needs_bwrap
+def test_evaluator_worker_prefix_hides_validation_data(lab):
+    """The evaluator runs trusted (level none) and reads val data; its worker, wrapped in bwrap, can't."""
+    data = lab / "data"
+    run_dir = lab / ".charter" / "runs" / "r1"
+    (run_dir / "model.pt").write_text("weights")
+    worker = make_spec(lab, f"""
+    try:
+        print('worker sees', repr(open({str(data / 'val.bin')!r}).read()))
+    except OSError as e:
+        print('worker denied', e.strerror)
+    print('worker loads', open({str(run_dir / 'model.pt')!r}).read())
+    try:
+        open({str(run_dir / 'model.pt')!r}, 'w')
+    except OSError as e:
+        print('worker cannot write', e.strerror)
+    """, writable=[], readable=[run_dir])   # the run dir, read-only inside the hidden .charter/
+    evaluator = f"""
+    import os, shlex, subprocess, sys
+    print('evaluator sees', repr(open({str(data / 'val.bin')!r}).read()))
+    subprocess.run(shlex.split(os.environ["EVAL_WORKER_PREFIX"]) + {worker.argv!r}, check=True)
+    """
+    env = minimal_env(run_dir, {"EVAL_WORKER_PREFIX": worker_prefix(worker)})
+    result = run(make_spec(lab, evaluator, env=env, hidden=[]), "none")
+    assert result.returncode == 0, result.log_tail
+    assert "evaluator sees 'validation tokens'" in result.log_tail
+    assert "worker denied Permission denied" in result.log_tail
+    assert "worker loads weights" in result.log_tail
+    assert "worker cannot write Read-only file system" in result.log_tail
+
+
+@needs_bwrap
+@pytest.mark.slow   # ~25 s on 2 shared cores
+def test_torch_compile_inside(lab):
+    run_dir = lab / ".charter" / "runs" / "r1"
+    cache = lab.parent / "inductor-cache"
+    cache.mkdir()
+    code = """
+    import torch
+    f = torch.compile(lambda x: (x * 2).sin().sum())
+    print("result", float(f(torch.ones(16))))
+    """
+    env = minimal_env(run_dir, {"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    result = run(make_spec(lab, code, writable=[run_dir, cache], env=env, timeout_s=120, memory_mb=4000,
+                               max_file_mb=2000),   # cc1plus writes temporaries > 50 MB
+                 "bubblewrap")
+    assert result.returncode == 0, result.log_tail
+    assert "result 14.54" in result.log_tail
+    assert any(cache.iterdir())
