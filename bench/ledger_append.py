@@ -1,0 +1,96 @@
+"""Ledger benchmark: single and batched append rates, and verify time for a 1M-event ledger.
+
+Run from the repository root: `python bench/ledger_append.py` (options: --events, --batch,
+--single). Builds its ledgers in a temporary folder and deletes them afterwards. Prints a
+markdown table; the figures go in docs/benchmarks.md. Tests never assert on these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ledger import Decision, Draft, EventKind, Ledger  # noqa: E402
+
+
+def drafts(n: int) -> list[Draft]:
+    """Events shaped like the controller's: small payloads, a few typed fields."""
+    return [
+        Draft(
+            kind=EventKind.EVALUATED,
+            actor="controller",
+            session="bench-session",
+            payload={"note": "val_bpb from the trusted evaluator", "step": i, "tokens": 131072, "ok": True},
+            experiment=i,
+            decision=Decision.KEEP if i % 5 == 0 else None,
+            val_bpb=1.7 + (i % 1000) / 1e4,
+            commit_sha="0123456789abcdef0123456789abcdef01234567",
+        )
+        for i in range(n)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="size of the ledger to build and verify")
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--single", type=int, default=1_000, help="number of single appends to time")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        with Ledger.open(Path(tmp) / "single.duckdb") as led:
+            start = time.perf_counter()
+            for i in range(args.single):
+                led.append(EventKind.NOTE, actor="controller", session="bench", payload={"i": i})
+            elapsed = time.perf_counter() - start
+        rows.append(("single append (one commit each)", f"{args.single / elapsed:,.0f} events/s",
+                     f"{args.single} appends"))
+
+        path = Path(tmp) / "big.duckdb"
+        batch = drafts(args.batch)
+        batches = max(1, args.events // args.batch)
+        led = Ledger.open(path)
+        start = time.perf_counter()
+        slowest = 0.0
+        for _ in range(batches):
+            t = time.perf_counter()
+            led.append_many(batch)
+            slowest = max(slowest, time.perf_counter() - t)
+        appended = time.perf_counter() - start
+        led.close()
+        closed = time.perf_counter() - start
+        total = batches * args.batch
+        rows.append((f"batched append (batch {args.batch:,})", f"{total / appended:,.0f} events/s",
+                     f"{total:,} events; slowest batch {slowest * 1000:.0f} ms"))
+        rows.append(("batched append incl. final close", f"{total / closed:,.0f} events/s",
+                     f"close (checkpoint) {closed - appended:.2f} s; file {path.stat().st_size / 2**20:.0f} MiB"))
+
+        with Ledger.open(path, read_only=True) as led:
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                result = led.verify(anchor=led.head())
+                times.append(time.perf_counter() - t)
+                assert result.ok, result.problem
+        rows.append((f"verify, {total:,} events", f"{min(times):.2f} s (best of 3)",
+                     "runs: " + ", ".join(f"{t:.2f}" for t in times) + " s"))
+
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+    print()
+    print("| measure | result | detail |")
+    print("|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
