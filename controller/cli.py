@@ -9,12 +9,14 @@ tracebacks are reserved for bugs.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 from pathlib import Path
 
 import constitution
+from controller import audit
 from controller.anchor import newest_anchor
 from controller.control import ControllerUnreachable
 from controller.git_workspace import GitError
@@ -94,6 +96,40 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"FAILED: {result.problem}", file=sys.stderr)
     return 1
+
+
+def cmd_ledger_query(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    sql = " ".join(args.sql)
+    result = audit.query(lab, sql, limit=args.limit)
+    if args.json:
+        print(json.dumps([dict(zip(result["columns"], row)) for row in result["rows"]], indent=2, default=str))
+    elif args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(result["columns"])
+        w.writerows(result["rows"])
+    else:
+        print(audit.format_table(result))
+    if result.get("truncated"):
+        print(f"(truncated at {args.limit} rows; use --limit)", file=sys.stderr)
+    return 0
+
+
+def cmd_ledger_report(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    out = Path(args.out or lab.root / "reports").absolute()
+    md, png = audit.report(lab, out, session=args.session)
+    print(f"notebook: {md}")
+    print(f"chart:    {png}")
+    return 0
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    lab = find_lab(args.lab)
+    paths = audit.export(lab, Path(args.out).absolute(), args.format)
+    for p in paths:
+        print(p)
+    return 0
 
 
 # -- running a lab -----------------------------------------------------------------------------
@@ -204,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp = lsub.add_parser("verify", help="recompute the hash chain; exit 1 naming the first bad seq")
     lab_arg(sp)
     sp.set_defaults(func=cmd_ledger_verify)
+
+    sp = lsub.add_parser("query", help="one read-only SELECT over the events and auditor views (works during a session)")
+    lab_arg(sp)
+    fmt = sp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    sp.add_argument("--limit", type=int, default=10000)
+    sp.add_argument("sql", nargs="+")
+    sp.set_defaults(func=cmd_ledger_query)
+    sp = lsub.add_parser("report", help="a lab notebook (Markdown) and a progress chart (PNG)")
+    lab_arg(sp)
+    sp.add_argument("--session", help="session id (default: the latest)")
+    sp.add_argument("--out", help="output directory (default: LAB/reports)")
+    sp.set_defaults(func=cmd_ledger_report)
+    sp = lsub.add_parser("export", help="every auditor view as parquet, csv or tsv files")
+    lab_arg(sp)
+    sp.add_argument("--format", choices=["parquet", "csv", "tsv"], required=True)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_ledger_export)
 
     sp = sub.add_parser("prepare", help="prepare the lab's data and tokenizer and pin their hashes")
     lab_arg(sp)

@@ -11,6 +11,7 @@ drop), so the evaluator runs trusted outside bwrap and only its model worker is 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import os
@@ -275,6 +276,16 @@ def _set_limits(spec: SandboxSpec) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (spec.max_file_mb << 20,) * 2)
     resource.setrlimit(resource.RLIMIT_NPROC, (spec.max_processes,) * 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # die with the controller even at level "none" (bwrap has --die-with-parent for its own)
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class _Log:

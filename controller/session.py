@@ -203,7 +203,9 @@ class Session:
             git.reset_hard(reset_to)
             ev = self.record(EventKind.SESSION_RESUMED, {"tag": self.state.tag, "reset_to": reset_to, "interrupted": interrupted, "isolation": self.level, "pid": os.getpid()}, commit_sha=reset_to, gate_state=self.gate.state)
             for n in interrupted:
-                self.decide(n, Decision.INTERRUPTED, "the controller stopped during this experiment (killed or crashed); its change was reset", None, reset_to, {})
+                prop = next(e.payload for e in evs if e.kind == EventKind.PROPOSED and e.experiment == n)
+                extra = {k: prop.get(k) for k in ("description", "source", "params")}
+                self.decide(n, Decision.INTERRUPTED, "the controller stopped during this experiment (killed or crashed); its change was reset", None, reset_to, extra)
             return
         tag = self.tag or utc_now().strftime("%Y%m%d-%H%M%S")
         branch = f"charter/{tag}"
@@ -230,6 +232,7 @@ class Session:
         """Rebuild best/baseline/history of a session from its events (resume)."""
         s = self.state
         proposals = {e.experiment: e.payload for e in evs if e.kind == EventKind.PROPOSED}
+        s.experiment = max(proposals, default=0)  # numbers are never reused, even for interrupted ones
         for e in evs:
             if e.kind != EventKind.DECIDED:
                 continue
@@ -394,6 +397,8 @@ class Session:
         n = s.experiment
         git = self.lab.git
         parent = git.head()
+        # what every decision of this experiment records about the proposal (proposers learn from it)
+        about = {"description": proposal.description[:500], "source": proposal.source, "params": proposal.params}
         self.inflight = Inflight(n, proposal.description, "harm test", time.time())
         self.record(EventKind.PROPOSED, {
             "description": proposal.description[:500], "hypothesis": proposal.hypothesis[:2000],
@@ -404,13 +409,13 @@ class Session:
             changes = stage(self.lab.root, proposal)
         except StagingError as e:
             self.record(EventKind.HARM_REFUSED, {"refusals": [{"rule": "malformed", "evidence": str(e)}], "diff": proposal.patch or ""}, experiment=n, rule="malformed")
-            self.decide(n, Decision.REFUSED, f"malformed proposal: {e}", None, parent, {"description": proposal.description})
+            self.decide(n, Decision.REFUSED, f"malformed proposal: {e}", None, parent, about)
             return
         diff = unified_diff(changes)
         refusals = harm_test(changes, self.rules.scope) if changes else []
         if not changes:
             self.record(EventKind.HARM_REFUSED, {"refusals": [{"rule": "empty", "evidence": "the proposal changes nothing"}], "diff": ""}, experiment=n, rule="empty")
-            self.decide(n, Decision.REFUSED, "the proposal changes nothing", None, parent, {"description": proposal.description})
+            self.decide(n, Decision.REFUSED, "the proposal changes nothing", None, parent, about)
             return
         if refusals:
             first = refusals[0]
@@ -419,7 +424,7 @@ class Session:
                 "refusals": [{"rule": r.rule, "path": r.path, "line": r.line, "evidence": r.evidence, "hard": r.hard} for r in refusals],
                 "diff": diff[:200_000],
             }, experiment=n, rule=first.rule)
-            self.decide(n, Decision.REFUSED, f"harm test: {first.rule} ({first.path}{':' + str(first.line) if first.line else ''}: {first.evidence})", None, parent, {"description": proposal.description, "hard_violation": hard, "params": proposal.params})
+            self.decide(n, Decision.REFUSED, f"harm test: {first.rule} ({first.path}{':' + str(first.line) if first.line else ''}: {first.evidence})", None, parent, about | {"hard_violation": hard})
             return
         self.record(EventKind.HARM_PASSED, {"files": [c.path for c in changes], "diff_lines": diff_line_count(changes)}, experiment=n)
         apply_to_lab(self.lab.root, changes)
@@ -429,7 +434,7 @@ class Session:
         if self.gate.gate == GateState.THROTTLE:
             confirmations = max(confirmations, self.rules.gates.throttle.confirmation_runs)
         runs, outcome = self.train_and_evaluate(n, commit, 1, proposal.description)
-        extra = {"description": proposal.description, "params": proposal.params, "source": proposal.source, **self._resource_flags(outcome)}
+        extra = about | self._resource_flags(outcome)
         if outcome.status != "ok":
             git.reset_hard(parent)
             decision = Decision.TIMEOUT if outcome.status == "timeout" else Decision.CRASH
@@ -575,14 +580,22 @@ class Session:
         """Read-only requests from other terminals, answered on the control thread."""
         if msg.get("op") == "status":
             return {"ok": True, "status": self.status()}
-        if msg.get("op") == "query":
-            from ledger.query import run_readonly_query
-            cur = self.led.cursor()
-            try:
-                return {"ok": True, **run_readonly_query(cur, str(msg.get("sql", "")))}
-            finally:
-                cur.close()
-        return {"ok": False, "error": f"unknown request {msg.get('op')!r}"}
+        op = msg.get("op")
+        if op not in ("query", "report", "export"):
+            return {"ok": False, "error": f"unknown request {op!r}"}
+        from ledger.query import run_readonly_query  # report/export pull in matplotlib: import on use
+        cur = self.led.cursor()  # a reader on its own cursor never blocks the loop's appends
+        try:
+            if op == "query":
+                return {"ok": True, **run_readonly_query(cur, str(msg.get("sql", "")), limit=int(msg.get("limit", 10000)))}
+            if op == "report":
+                from ledger.report import write_report
+                md, png = write_report(cur, Path(msg["out"]), session=msg.get("session"))
+                return {"ok": True, "markdown": str(md), "chart": str(png)}
+            from ledger.export import export_views
+            return {"ok": True, "paths": [str(p) for p in export_views(cur, Path(msg["out"]), msg["format"])]}
+        finally:
+            cur.close()
 
     # -- the end -----------------------------------------------------------------------------
     def end(self, reason: str) -> dict[str, Any]:

@@ -186,6 +186,13 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def cursor(self):
+        """A separate DuckDB cursor on this ledger's connection, for read-only queries from
+        another thread (the live path for auditors while a session runs). Close it when done.
+        DuckDB's MVCC means such a reader never blocks an append."""
+        with self._lock:
+            return self._open_con().cursor()
+
     def head(self) -> tuple[int, str] | None:
         """(seq, hash) of the last event, or None for an empty ledger."""
         with self._lock:
@@ -260,7 +267,11 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         except OSError as err:
             raise LedgerError(f"cannot create the folder for ledger {path}: {err.strerror}.") from None
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        # No file, network or extension access through this connection: auditors' queries run
+        # on cursors of it while a session holds the file, and SQL must not reach beyond the ledger.
+        con = duckdb.connect(str(path), read_only=read_only, config={
+            "enable_external_access": False, "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+        })
         con.execute("SET enable_progress_bar = false")
         if not read_only:
             # Checkpoint (fold the WAL into the file) every 256 MB instead of DuckDB's 16 MB:

@@ -1,0 +1,88 @@
+"""Governance overhead of the loop, measured from a real session's ledger.
+
+Creates a lab (or uses --lab), runs a session with the offline proposer, then reads the ledger:
+per experiment, the wall time from `proposed` to `decided` minus the time inside the training
+and evaluation sandboxes is governance overhead (harm test, git, post-checks, ledger writes;
+the proposer runs before `proposed` and is excluded). Also the share of the session's wall time
+spent inside train + evaluate, and experiments per hour against the constitution's limit.
+
+    python bench/governance_overhead.py --experiments 10                      # 60 s budget, compile on
+    python bench/governance_overhead.py --experiments 5 --training-seconds 10 --source DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controller.lab import find_lab, init_lab  # noqa: E402
+from controller.preparation import prepare_lab  # noqa: E402
+from controller.proposers import make_proposer  # noqa: E402
+from controller.session import Session  # noqa: E402
+from ledger import EventKind, Ledger  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lab", help="existing prepared lab (default: a new one in a temp dir)")
+    ap.add_argument("--experiments", type=int, default=10)
+    ap.add_argument("--training-seconds", type=float, default=None, help="override budgets.experiment.training_seconds")
+    ap.add_argument("--source", help="corpus for a new lab's prepare (default: debian)")
+    args = ap.parse_args()
+
+    if args.lab:
+        lab = find_lab(args.lab)
+    else:
+        lab = init_lab(Path(tempfile.mkdtemp(prefix="charter-bench-")) / "lab")
+        if args.training_seconds:
+            text = lab.constitution_path.read_text()
+            text = re.sub(r"^training_seconds = \S+", f"training_seconds = {args.training_seconds:g}", text, flags=re.M)
+            lab.constitution_path.write_text(text)
+            lab.git.commit_all("bench: training budget")
+        prepare_lab(lab, quiet=True, source=args.source)
+    rules = lab.load_constitution()
+    t0 = time.time()
+    summary = Session(lab, make_proposer("offline", seed=rules.proposer.seed), tag=f"bench{int(t0)}", max_experiments=args.experiments).run()
+    wall = time.time() - t0
+
+    with Ledger.open(lab.ledger_path, read_only=True) as led:
+        evs = [e for e in led.events() if e.session == summary["session"]]
+    by_exp: dict[int, dict] = {}
+    for e in evs:
+        if e.experiment is None:
+            continue
+        d = by_exp.setdefault(e.experiment, {"sandbox": 0.0})
+        if e.kind == EventKind.PROPOSED:
+            d["proposed"] = e.ts
+        elif e.kind in (EventKind.TRAINING_FINISHED, EventKind.EVALUATED):
+            d["sandbox"] += float(e.payload.get("wall_seconds", 0.0))
+        elif e.kind == EventKind.DECIDED:
+            d["decided"], d["decision"] = e.ts, str(e.decision)
+    overheads, sandbox_total = [], 0.0
+    for n, d in sorted(by_exp.items()):
+        sandbox_total += d["sandbox"]
+        if "proposed" in d and "decided" in d and d["sandbox"] > 0:
+            overheads.append((d["decided"] - d["proposed"]).total_seconds() - d["sandbox"])
+    per_hour = 3600 * len(by_exp) / wall
+    print(f"lab: {lab.root}  session: {summary['session']}  training_seconds: {rules.budgets.experiment.training_seconds:g}")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| experiments run (incl. baseline) | {len(by_exp)} |")
+    print(f"| governance overhead per experiment, median (max) | {statistics.median(overheads):.2f} s ({max(overheads):.2f} s) |")
+    print(f"| session wall time | {wall:.0f} s |")
+    print(f"| share of wall time inside train + evaluate | {100 * sandbox_total / wall:.1f}% |")
+    print(f"| experiments per hour (limit: {rules.budgets.session.experiments} per session, {rules.budgets.day.experiments} per day) | {per_hour:.1f} |")
+    print(f"| keeps | {summary['keeps']} (val_bpb {summary['baseline_bpb']:.4f} -> {summary['best_bpb']:.4f}) |")
+    print(f"compile cache: {'off (CHARTER_NO_COMPILE=1)' if os.environ.get('CHARTER_NO_COMPILE') == '1' else 'on'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The auditor's commands, one path whether or not a session is running.
+
+DuckDB lets no other process open the ledger while the controller writes it, so each auditor
+request first asks the lab's running controller (which answers on a cursor of its own
+connection: a reader never blocks a write); with none running it opens the file itself,
+read-only with file and network access off. Both paths run the same functions of `ledger`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from controller.control import ControllerUnreachable, request
+from controller.lab import Lab
+from ledger import LedgerError
+from ledger.query import open_readonly, run_readonly_query
+
+
+def _live(lab: Lab, message: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        reply = request(lab.state_dir, message, timeout=120)
+    except ControllerUnreachable:
+        return None
+    if not reply.get("ok"):
+        raise LedgerError(reply.get("error", "the controller refused the request"))
+    return reply
+
+
+def query(lab: Lab, sql: str, limit: int = 10000) -> dict[str, Any]:
+    reply = _live(lab, {"op": "query", "sql": sql, "limit": limit})
+    if reply is not None:
+        return reply
+    con = open_readonly(lab.ledger_path)
+    try:
+        return run_readonly_query(con, sql, limit=limit)
+    finally:
+        con.close()
+
+
+def report(lab: Lab, out: Path, session: str | None = None) -> tuple[Path, Path]:
+    reply = _live(lab, {"op": "report", "out": str(out), "session": session})
+    if reply is not None:
+        return Path(reply["markdown"]), Path(reply["chart"])
+    from ledger.report import write_report
+    con = open_readonly(lab.ledger_path)
+    try:
+        return write_report(con, out, session=session)
+    finally:
+        con.close()
+
+
+def export(lab: Lab, out: Path, fmt: str) -> list[Path]:
+    reply = _live(lab, {"op": "export", "out": str(out), "format": fmt})
+    if reply is not None:
+        return [Path(p) for p in reply["paths"]]
+    from ledger.export import export_views
+    con = open_readonly(lab.ledger_path)
+    try:
+        return export_views(con, out, fmt)
+    finally:
+        con.close()
+
+
+def format_table(result: dict[str, Any], max_width: int = 60) -> str:
+    cols = result["columns"]
+    rows = [["" if v is None else str(v).replace("\n", " ")[:max_width] for v in row] for row in result["rows"]]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)

@@ -1,0 +1,357 @@
+"""The auditor's views of the ledger: sessions, experiments, refusals, gate transitions, budgets
+and constitutions, as DuckDB TEMP views over the `events` table.
+
+`install_views(con)` (re)creates them on any connection to a ledger file: a read-only one
+(`ledger.query.open_readonly`) or a cursor of the controller's live connection. TEMP views live
+in the connection's own temporary catalog, so they write nothing to the file, work on a
+read-only database, and are invisible to every other connection (each cursor installs its own).
+Every view is derived from events only (typed columns first, the JSON body where the payload is
+needed), so what a view says can always be traced back to hash-chained events. `VIEW_DOCS`
+documents every column in one sentence; `docs/auditing.md` is written from it
+(`render_docs()`), and a test keeps the two and the views' real columns in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VIEW_SUMMARIES: dict[str, str] = {
+    "sessions": "One row per session (a `session_started` event), summarised from its events.",
+    "experiments": (
+        "One row per `decided` event: an experiment's proposal, commit, training, evaluation and "
+        "decision, joined by (session, experiment) between the previous decision of that experiment "
+        "number and this one."
+    ),
+    "refusals": "One row per refusal listed in a `harm_refused` event's payload.",
+    "gate_transitions": "One row per `gate_transition` event.",
+    "budgets": (
+        "One row per (session, resource): what the session consumed against the session limit of "
+        "the constitution in force for it."
+    ),
+    "constitutions": (
+        "One row per event that put a constitution in force: `lab_created`, `constitution_loaded` "
+        "and `amendment_applied`."
+    ),
+}
+
+VIEW_DOCS: dict[str, dict[str, str]] = {
+    "sessions": {
+        "session": "Session id, as in `events.session`.",
+        "started": "UTC time of the session's `session_started` event.",
+        "ended": "UTC time of its last `session_ended` event; NULL while it runs or if the controller died.",
+        "tag": "The run tag the session was started with.",
+        "branch": "The git branch the session committed its experiments to.",
+        "proposer": "Name of the proposer that suggested the session's changes.",
+        "isolation": "Sandbox isolation level chosen at start (`bubblewrap` or `none`).",
+        "constitution_hash": "Canonical hash of the constitution the session started under.",
+        "end_reason": "Why the session ended, from its `session_ended` event; NULL if it has not ended.",
+        "experiments": "Highest experiment number decided in the session (the baseline is experiment 0).",
+        "keeps": "Number of `keep` decisions in the session.",
+        "baseline_bpb": "val_bpb of the session's baseline (experiment 0); NULL if it crashed.",
+        "best_bpb": "val_bpb of the last kept experiment, or the baseline if nothing was kept.",
+        "final_gate": "The last gate state recorded by one of the session's events (its end, if it ended).",
+    },
+    "experiments": {
+        "seq": "seq of the `decided` event.",
+        "ts": "UTC time of the decision.",
+        "session": "Session the experiment belongs to.",
+        "experiment": "Experiment number within the session (0 = baseline; repair baselines get their own number).",
+        "description": "One-line description of the change, from its `proposed` event (untrusted agent text).",
+        "hypothesis": "The proposer's hypothesis, from its `proposed` event (untrusted agent text); NULL for baselines.",
+        "source": "Where the proposal came from (`baseline`, `repair`, or the proposer's source label).",
+        "val_bpb": "Validation bits per byte the decision used (mean of its runs); NULL if nothing was measured.",
+        "decision": "baseline, keep, discard, crash, timeout, refused or interrupted.",
+        "reason": "The controller's reason for the decision.",
+        "parent_commit": "Commit the change was made on top of.",
+        "candidate_commit": "Commit holding the change (for a baseline: the commit measured); NULL if it was never committed.",
+        "diff": "Unified diff of the change, from its `committed` event (untrusted agent text); NULL if never committed.",
+        "improvement": "How much the candidate improved on the best val_bpb before it (positive = better), as the keep rule computed it.",
+        "train_seconds": "Wall-clock seconds of all its training runs, from `training_finished` events.",
+        "eval_seconds": "Wall-clock seconds of all its evaluations, from `evaluated` events.",
+        "peak_rss_mb": "Largest peak resident memory of its training runs, in MB.",
+        "runs": "Number of training runs (more than 1 when a keep was confirmed).",
+        "gate_state": "Gate state when the decision was recorded.",
+    },
+    "refusals": {
+        "seq": "seq of the `harm_refused` event.",
+        "ts": "UTC time of the refusal.",
+        "session": "Session of the refused proposal.",
+        "experiment": "Experiment number of the refused proposal.",
+        "rule": "Harm-test rule that refused it (or `malformed` / `empty`).",
+        "path": "File the offending change is in; NULL when the refusal is about the whole proposal.",
+        "line": "Line of the offending change in that file; NULL when not tied to a line.",
+        "evidence": "The matched text or the reason, as the harm test reported it (untrusted agent text may appear).",
+        "hard": "True if it matched a hard constraint (the gate goes to STOP).",
+    },
+    "gate_transitions": {
+        "seq": "seq of the `gate_transition` event.",
+        "ts": "UTC time of the transition.",
+        "session": "Session it happened in; NULL for an operator command given while no controller ran.",
+        "from_state": "Gate state before (RUN, THROTTLE, FREEZE or STOP).",
+        "to_state": "Gate state after.",
+        "rule": "Constitution rule that fired, or `probation`, `integrity`, `operator-pause`, `operator-stop`, `operator-resume`.",
+        "evidence": "The metric values or operator reason behind the transition.",
+        "who": "Who made it: `controller` or `person:NAME`.",
+    },
+    "budgets": {
+        "session": "Session id.",
+        "resource": "experiments, device_seconds, wall_hours, agent_tokens, agent_dollars or disk_mb.",
+        "used": "Amount consumed, summed from the session's events as the controller counts it; NULL for disk_mb, which the ledger does not record.",
+        "limit": "The session limit for the resource in the constitution in force (`budgets.session`); NULL if no full constitution was recorded.",
+    },
+    "constitutions": {
+        "seq": "seq of the event that put this constitution in force.",
+        "ts": "UTC time of that event.",
+        "session": "Session that loaded it; NULL for lab-level events (init, prepare, amendments).",
+        "version": "The constitution's `meta.version`.",
+        "hash": "Canonical hash of the constitution.",
+        "reason": "Why it was recorded: lab created, loaded at session start, pins added, amendment applied.",
+    },
+}
+
+# --- the SQL ----------------------------------------------------------------------------------
+# Bodies are canonical JSON; `from_json(body, shape)` parses one body once into a typed struct
+# (absent keys and values of the wrong type become NULL). Filters on the typed `kind` column come
+# first so only the events a view needs are parsed.
+
+_SESSIONS = """
+CREATE OR REPLACE TEMP VIEW sessions AS
+WITH started AS (
+    SELECT session, seq, ts,
+           from_json(body, '{"payload": {"tag": "VARCHAR", "branch": "VARCHAR", "proposer": "VARCHAR",
+                                          "isolation": "VARCHAR", "constitution_hash": "VARCHAR"}}').payload AS p
+    FROM events
+    WHERE kind = 'session_started'
+), ended AS (
+    SELECT session, max(ts) AS ended,
+           arg_max(from_json(body, '{"payload": {"reason": "VARCHAR"}}').payload.reason, seq) AS end_reason
+    FROM events
+    WHERE kind = 'session_ended'
+    GROUP BY session
+), decided AS (
+    SELECT session,
+           max(experiment) AS experiments,
+           count(*) FILTER (WHERE decision = 'keep') AS keeps,
+           arg_min(val_bpb, seq) FILTER (WHERE decision = 'baseline' AND experiment = 0) AS baseline_bpb,
+           arg_max(val_bpb, seq) FILTER (WHERE decision = 'keep') AS last_keep_bpb
+    FROM events
+    WHERE kind = 'decided'
+    GROUP BY session
+), gate AS (
+    SELECT session, arg_max(gate_state, seq) AS final_gate
+    FROM events
+    WHERE gate_state IS NOT NULL AND session IS NOT NULL
+    GROUP BY session
+)
+SELECT s.session, s.ts AS started, e.ended, s.p.tag AS tag, s.p.branch AS branch,
+       s.p.proposer AS proposer, s.p.isolation AS isolation, s.p.constitution_hash AS constitution_hash,
+       e.end_reason, coalesce(d.experiments, 0) AS experiments, coalesce(d.keeps, 0) AS keeps,
+       d.baseline_bpb, coalesce(d.last_keep_bpb, d.baseline_bpb) AS best_bpb, g.final_gate
+FROM started s
+LEFT JOIN ended e USING (session)
+LEFT JOIN decided d USING (session)
+LEFT JOIN gate g USING (session)
+ORDER BY s.seq
+"""
+
+_EXPERIMENTS = """
+CREATE OR REPLACE TEMP VIEW experiments AS
+WITH steps AS (
+    SELECT seq, ts, session, experiment, kind, decision, val_bpb, gate_state, commit_sha, body,
+           min(CASE WHEN kind = 'decided' THEN seq END) OVER (
+               PARTITION BY session, experiment ORDER BY seq
+               ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS decided_seq
+    FROM events
+    WHERE kind IN ('proposed', 'committed', 'training_finished', 'evaluated', 'decided')
+      AND experiment IS NOT NULL
+), parsed AS (
+    SELECT *,
+           from_json(body, '{"payload": {"description": "VARCHAR", "hypothesis": "VARCHAR", "source": "VARCHAR",
+                                          "parent_commit": "VARCHAR", "parent": "VARCHAR", "diff": "VARCHAR",
+                                          "wall_seconds": "DOUBLE", "peak_rss_mb": "DOUBLE", "reason": "VARCHAR",
+                                          "improvement": "DOUBLE"}}').payload AS p
+    FROM steps
+    WHERE decided_seq IS NOT NULL
+)
+SELECT decided_seq AS seq,
+       max(ts) FILTER (WHERE kind = 'decided') AS ts,
+       session,
+       experiment,
+       coalesce(arg_max(p.description, seq) FILTER (WHERE kind = 'proposed'),
+                arg_max(p.description, seq) FILTER (WHERE kind = 'decided')) AS description,
+       arg_max(p.hypothesis, seq) FILTER (WHERE kind = 'proposed') AS hypothesis,
+       coalesce(arg_max(p.source, seq) FILTER (WHERE kind = 'proposed'),
+                arg_max(p.source, seq) FILTER (WHERE kind = 'decided')) AS source,
+       arg_max(val_bpb, seq) FILTER (WHERE kind = 'decided') AS val_bpb,
+       arg_max(decision, seq) FILTER (WHERE kind = 'decided') AS decision,
+       arg_max(p.reason, seq) FILTER (WHERE kind = 'decided') AS reason,
+       coalesce(arg_max(p.parent_commit, seq) FILTER (WHERE kind = 'proposed'),
+                arg_max(p.parent, seq) FILTER (WHERE kind = 'committed')) AS parent_commit,
+       coalesce(arg_max(commit_sha, seq) FILTER (WHERE kind = 'committed'),
+                arg_max(commit_sha, seq) FILTER (WHERE kind = 'decided' AND decision = 'baseline')) AS candidate_commit,
+       arg_max(p.diff, seq) FILTER (WHERE kind = 'committed') AS diff,
+       arg_max(p.improvement, seq) FILTER (WHERE kind = 'decided') AS improvement,
+       sum(p.wall_seconds) FILTER (WHERE kind = 'training_finished') AS train_seconds,
+       sum(p.wall_seconds) FILTER (WHERE kind = 'evaluated') AS eval_seconds,
+       max(p.peak_rss_mb) FILTER (WHERE kind = 'training_finished') AS peak_rss_mb,
+       count(*) FILTER (WHERE kind = 'training_finished') AS runs,
+       arg_max(gate_state, seq) FILTER (WHERE kind = 'decided') AS gate_state
+FROM parsed
+GROUP BY decided_seq, session, experiment
+ORDER BY seq
+"""
+
+_REFUSALS = """
+CREATE OR REPLACE TEMP VIEW refusals AS
+SELECT seq, ts, session, experiment,
+       r.rule AS rule, r.path AS path, r.line AS line, r.evidence AS evidence,
+       coalesce(r.hard, false) AS hard
+FROM (
+    SELECT seq, ts, session, experiment,
+           unnest(from_json(body, '{"payload": {"refusals": [{"rule": "VARCHAR", "path": "VARCHAR", "line": "BIGINT",
+                                                              "evidence": "VARCHAR", "hard": "BOOLEAN"}]}}').payload.refusals) AS r
+    FROM events
+    WHERE kind = 'harm_refused'
+)
+"""
+
+_GATE_TRANSITIONS = """
+CREATE OR REPLACE TEMP VIEW gate_transitions AS
+SELECT seq, ts, session,
+       p."from" AS from_state,
+       coalesce(p."to", gate_state) AS to_state,
+       coalesce(p.rule, rule) AS rule,
+       p.evidence AS evidence,
+       coalesce(p.by, actor) AS who
+FROM (
+    SELECT seq, ts, session, gate_state, rule, actor,
+           from_json(body, '{"payload": {"from": "VARCHAR", "to": "VARCHAR", "rule": "VARCHAR",
+                                          "evidence": "VARCHAR", "by": "VARCHAR"}}').payload AS p
+    FROM events
+    WHERE kind = 'gate_transition'
+)
+"""
+
+# Usage is counted exactly as controller.budgets.usage_from_events does: experiments = decisions
+# that ran (baseline/keep/discard/crash/timeout, repair runs excluded); device seconds = training
+# plus evaluation wall seconds; wall hours from the session's start to its end (or now).
+_BUDGET_SHAPE = ('{"payload": {"rules": {"budgets": {"session": {"experiments": "DOUBLE", "device_seconds": "DOUBLE", '
+                 '"wall_hours": "DOUBLE", "agent_tokens": "DOUBLE", "agent_dollars": "DOUBLE", "disk_mb": "DOUBLE"}}}}}')
+
+_USAGE_SHAPE = ('{"payload": {"repair": "BOOLEAN", "wall_seconds": "DOUBLE", "input_tokens": "DOUBLE", '
+                '"output_tokens": "DOUBLE", "dollars": "DOUBLE"}}')
+
+_BUDGETS = f"""
+CREATE OR REPLACE TEMP VIEW budgets AS
+WITH parsed AS (
+    SELECT session, seq, ts, kind, decision, body,
+           from_json(body, '{_USAGE_SHAPE}').payload AS p
+    FROM events
+    WHERE session IS NOT NULL
+      AND kind IN ('session_started', 'session_ended', 'decided', 'training_finished', 'evaluated', 'agent_call',
+                   'constitution_loaded')
+), usage AS (
+    SELECT session,
+           min(seq) FILTER (WHERE kind = 'session_started') AS start_seq,
+           min(ts) FILTER (WHERE kind = 'session_started') AS started,
+           max(ts) FILTER (WHERE kind = 'session_ended') AS ended,
+           count(*) FILTER (WHERE kind = 'decided' AND decision IN ('baseline', 'keep', 'discard', 'crash', 'timeout')
+                            AND NOT coalesce(p.repair, false)) AS experiments,
+           coalesce(sum(p.wall_seconds) FILTER (WHERE kind IN ('training_finished', 'evaluated')), 0) AS device_seconds,
+           coalesce(sum(coalesce(p.input_tokens, 0) + coalesce(p.output_tokens, 0)) FILTER (WHERE kind = 'agent_call'), 0) AS agent_tokens,
+           coalesce(sum(p.dollars) FILTER (WHERE kind = 'agent_call'), 0) AS agent_dollars,
+           arg_max(body, seq) FILTER (WHERE kind = 'constitution_loaded' AND strpos(body, '"rules":') > 0) AS own_body
+    FROM parsed
+    GROUP BY session
+    HAVING start_seq IS NOT NULL
+), full_loads AS (
+    SELECT seq, from_json(body, '{_BUDGET_SHAPE}').payload.rules.budgets.session AS lim
+    FROM events
+    WHERE kind = 'constitution_loaded' AND session IS NULL AND strpos(body, '"rules":') > 0
+), wide AS (
+    -- the constitution in force: the session's own latest full `constitution_loaded`, else the
+    -- latest full one recorded outside any session before the session started
+    SELECT u.*, coalesce(from_json(u.own_body, '{_BUDGET_SHAPE}').payload.rules.budgets.session, f.lim) AS lim,
+           (epoch_us(coalesce(u.ended, make_timestamp(epoch_us(now())))) - epoch_us(u.started)) / 3.6e9 AS wall_hours
+    FROM usage u
+    ASOF LEFT JOIN full_loads f ON u.start_seq > f.seq
+)
+SELECT session, r.resource AS resource, r.used AS used, r."limit" AS "limit"
+FROM (
+    SELECT session, unnest([
+        {{'resource': 'experiments', 'used': CAST(experiments AS DOUBLE), 'limit': lim.experiments}},
+        {{'resource': 'device_seconds', 'used': device_seconds, 'limit': lim.device_seconds}},
+        {{'resource': 'wall_hours', 'used': wall_hours, 'limit': lim.wall_hours}},
+        {{'resource': 'agent_tokens', 'used': agent_tokens, 'limit': lim.agent_tokens}},
+        {{'resource': 'agent_dollars', 'used': agent_dollars, 'limit': lim.agent_dollars}},
+        {{'resource': 'disk_mb', 'used': CAST(NULL AS DOUBLE), 'limit': lim.disk_mb}}
+    ]) AS r
+    FROM wide
+)
+"""
+
+_CONSTITUTIONS = """
+CREATE OR REPLACE TEMP VIEW constitutions AS
+SELECT seq, ts, session,
+       CAST(coalesce(p.version, p.new_version, p.constitution_version) AS BIGINT) AS version,
+       coalesce(p.hash, p.new_hash, p.constitution_hash) AS hash,
+       CASE kind
+           WHEN 'lab_created' THEN 'lab created'
+           WHEN 'amendment_applied' THEN coalesce('amendment applied: ' || coalesce(p.amendment_id, p.id), 'amendment applied')
+           ELSE coalesce(p.reason, CASE WHEN session IS NOT NULL THEN 'loaded at session start' ELSE 'loaded' END)
+       END AS reason
+FROM (
+    SELECT seq, ts, session, kind,
+           from_json(body, '{"payload": {"version": "BIGINT", "new_version": "BIGINT", "constitution_version": "BIGINT",
+                                          "hash": "VARCHAR", "new_hash": "VARCHAR", "constitution_hash": "VARCHAR",
+                                          "reason": "VARCHAR", "amendment_id": "VARCHAR", "id": "VARCHAR"}}').payload AS p
+    FROM events
+    WHERE kind IN ('lab_created', 'constitution_loaded', 'amendment_applied')
+)
+"""
+
+VIEW_SQL: dict[str, str] = {
+    "sessions": _SESSIONS,
+    "experiments": _EXPERIMENTS,
+    "refusals": _REFUSALS,
+    "gate_transitions": _GATE_TRANSITIONS,
+    "budgets": _BUDGETS,
+    "constitutions": _CONSTITUTIONS,
+}
+
+VIEWS: tuple[str, ...] = tuple(VIEW_DOCS)
+
+
+def install_views(con: Any) -> None:
+    """Create (or replace) every auditor view as a TEMP view on `con`.
+
+    `con` is a DuckDB connection or cursor on a ledger file (read-only is fine): TEMP views live
+    in that connection's temporary catalog and write nothing to the file.
+    """
+    for name in VIEWS:
+        con.execute(VIEW_SQL[name])
+
+
+def views_installed(con: Any) -> bool:
+    """True if every auditor view exists as a TEMP view on this connection."""
+    rows = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE temporary AND list_contains(?, view_name)",
+        [list(VIEWS)],
+    ).fetchall()
+    return {r[0] for r in rows} == set(VIEWS)
+
+
+def ensure_views(con: Any) -> None:
+    """Install the views on `con` unless they are already there."""
+    if not views_installed(con):
+        install_views(con)
+
+
+def render_docs() -> str:
+    """The views' reference as Markdown: one section per view, one sentence per column."""
+    out = []
+    for view, columns in VIEW_DOCS.items():
+        out.append(f"### `{view}`\n\n{VIEW_SUMMARIES[view]}\n\n| column | meaning |\n|---|---|")
+        out.extend("| `%s` | %s |" % (col, text.replace("|", "\\|")) for col, text in columns.items())
+        out.append("")
+    return "\n".join(out)
