@@ -1,0 +1,331 @@
+"""
+train.py: the model, the optimizer and the training loop of a Charter lab.
+
+This is the file the research agent edits. Run `python train.py`: it trains for the fixed
+time budget of the profile (prepare.py), then writes the run to $RUN_DIR (default run/):
+model.pt (weights), config.json (how to build the model), model_source.py (a copy of this
+file, imported by the evaluator's sandboxed worker), stats.json. The score comes from
+`python prepare.py evaluate RUN_DIR`, never from what this file prints.
+Importing this file must not train: the evaluator imports it to call build_model().
+"""
+
+import os
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    os.path.expanduser(os.environ.get("CHARTER_CACHE_DIR") or "~/.cache/charter"), "inductor"))
+
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# Model: GPT with RMSNorm, rotary embeddings, QK-norm, ReLU^2 MLP, logit softcap
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 2048
+    seq_len: int = 256
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 128
+    softcap: float = 15.0
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x, cos, sin):
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+FLASH_ATTN = None  # set by main() to Flash Attention 3 on CUDA Hopper when available
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
+        if FLASH_ATTN is not None and x.is_cuda:
+            y = FLASH_ATTN(q, k, v, causal=True)
+            y = y[0] if isinstance(y, tuple) else y
+        else:
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True).transpose(1, 2)
+        return self.c_proj(y.contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attn = CausalSelfAttention(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(norm(x), cos, sin)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        head_dim = config.n_embd // config.n_head
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(config.seq_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                nn.init.zeros_(p)
+            elif name == "wte.weight":
+                nn.init.normal_(p, std=1.0)
+            else:
+                bound = math.sqrt(3.0 / p.shape[1])
+                nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        cos, sin = self.cos[:, :T].to(idx.device), self.sin[:, :T].to(idx.device)
+        x = norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.lm_head(norm(x)).float()
+        logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def build_model(**kwargs):
+    """Entry point of the evaluator: the same model, from config.json's kwargs."""
+    return GPT(GPTConfig(**kwargs))
+
+# ---------------------------------------------------------------------------
+# Optimizer: Muon (orthogonalized momentum) for block matrices, AdamW for the rest
+
+
+def newton_schulz(g, steps=5):
+    # quintic iteration that pushes the singular values of g towards 1
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if transposed else x
+
+
+class Muon(torch.optim.Optimizer):
+    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = newton_schulz(p.grad.lerp(buf, group["momentum"]))  # Nesterov
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+
+
+def build_optimizers(model):
+    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
+    others = [p for n, p in model.named_parameters() if not (n.startswith("blocks.") and p.ndim == 2)]
+    adam = lambda params: torch.optim.AdamW(params, lr=LEARNING_RATE, betas=(ADAM_BETA1, ADAM_BETA2),
+                                            weight_decay=WEIGHT_DECAY, eps=1e-10)
+    if OPTIMIZER == "muon":
+        return [Muon(matrices, lr=MATRIX_LR, weight_decay=WEIGHT_DECAY), adam(others)]
+    return [adam(matrices + others)]
+
+# ---------------------------------------------------------------------------
+# Hyperparameters: edit these directly, no CLI flags
+
+DEPTH = 2                  # transformer blocks
+MODEL_DIM = 128            # residual stream width
+HEAD_DIM = 64              # attention head size (heads = MODEL_DIM // HEAD_DIM)
+DEVICE_BATCH_SIZE = 32     # sequences per forward/backward
+TOTAL_BATCH_SIZE = 8192    # tokens per optimizer step (gradient accumulation if larger than one micro-batch)
+OPTIMIZER = "adamw"        # "adamw" (all params) or "muon" (Muon for block matrices, AdamW for the rest; not yet shown to pay on CPU)
+LEARNING_RATE = 3e-3       # AdamW learning rate
+MATRIX_LR = 0.02           # Muon learning rate (used only with OPTIMIZER = "muon")
+ADAM_BETA1 = 0.9           # AdamW first-moment decay
+ADAM_BETA2 = 0.95          # AdamW second-moment decay
+WEIGHT_DECAY = 0.0         # decoupled weight decay
+WARMUP_RATIO = 0.0         # share of the time budget spent ramping the learning rate up
+WARMDOWN_RATIO = 0.1       # share of the time budget spent decaying the learning rate to FINAL_LR_FRAC
+FINAL_LR_FRAC = 0.0        # learning rate at the end, as a fraction of the peak
+SOFTCAP = 15.0             # logits are squashed to (-SOFTCAP, SOFTCAP)
+SEED = 42                  # torch and data-order seed
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return (progress + 1e-8) / WARMUP_RATIO
+    if progress > 1.0 - WARMDOWN_RATIO:
+        frac = (1.0 - progress) / WARMDOWN_RATIO
+        return frac + (1.0 - frac) * FINAL_LR_FRAC
+    return 1.0
+
+
+def cpu_has_fast_bf16():
+    # bf16 only pays on CPUs with AMX or AVX512-BF16; elsewhere it is slower than fp32
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        return False
+
+
+def load_flash_attention():
+    # Flash Attention 3 through `kernels`, on CUDA Hopper only; any failure -> SDPA
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        return None
+    try:
+        from kernels import get_kernel
+        return get_kernel("kernels-community/flash-attn3", version=1).flash_attn_func
+    except Exception as e:
+        print(f"flash attention 3 unavailable ({type(e).__name__}); using SDPA")
+        return None
+
+
+def main():
+    global FLASH_ATTN
+    from prepare import PROFILE, MAX_SEQ_LEN, TIME_BUDGET, load_tokenizer, make_dataloader
+
+    t_start = time.time()
+    torch.manual_seed(SEED)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # compile + bf16 pay on CUDA and on CPUs with AMX (field notes: 2.2x); on a plain AVX2 CPU
+    # compile alone measured no faster than eager (docs/benchmarks.md), so it runs eager fp32 there
+    use_bf16 = device == "cuda" or cpu_has_fast_bf16()
+    use_compile = use_bf16 and os.environ.get("CHARTER_NO_COMPILE") != "1"
+    if device == "cuda":
+        FLASH_ATTN = load_flash_attention()
+        torch.backends.cuda.matmul.allow_tf32 = True
+    run_dir = os.environ.get("RUN_DIR", "run")
+    os.makedirs(run_dir, exist_ok=True)
+
+    vocab_size = load_tokenizer().n_vocab
+    model_kwargs = dict(vocab_size=vocab_size, seq_len=MAX_SEQ_LEN, n_layer=DEPTH,
+                        n_head=max(1, MODEL_DIM // HEAD_DIM), n_embd=MODEL_DIM, softcap=SOFTCAP)
+    model = build_model(**model_kwargs).to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    optimizers = build_optimizers(model)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    train_model = torch.compile(model) if use_compile else model
+    tokens_per_micro = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+    grad_accum = max(1, TOTAL_BATCH_SIZE // tokens_per_micro)
+    loader = make_dataloader(DEVICE_BATCH_SIZE, MAX_SEQ_LEN, device=device, seed=SEED)
+    x, y = next(loader)
+    print(f"profile: {PROFILE}, device: {device}, compile: {use_compile}, bf16: {use_bf16}, "
+          f"params: {num_params / 1e6:.2f}M, grad_accum: {grad_accum}, budget: {TIME_BUDGET:.0f}s")
+
+    untimed_steps = 2  # the first steps compile; they train but do not count against the budget
+    step, training_time, smooth_loss = 0, 0.0, None
+    while True:
+        t0 = time.time()
+        for _ in range(grad_accum):
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = train_model(x, y)
+            (loss / grad_accum).backward()
+            x, y = next(loader)
+        progress = min(1.0, training_time / TIME_BUDGET)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_multiplier(progress)
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        loss_value = loss.item()  # also synchronizes the device
+        dt = time.time() - t0
+        if not math.isfinite(loss_value) or loss_value > 100:
+            print(f"FAIL: loss {loss_value} at step {step}")
+            raise SystemExit(1)
+        step += 1
+        if step > untimed_steps:
+            training_time += dt
+        smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
+        if step % 20 == 0:
+            print(f"step {step:05d} | loss {smooth_loss:.4f} | {tokens_per_micro * grad_accum / dt:,.0f} tok/s "
+                  f"| {training_time:.1f}/{TIME_BUDGET:.0f}s", flush=True)
+        if step > untimed_steps and training_time >= TIME_BUDGET:
+            break
+
+    timed_steps = step - untimed_steps
+    tokens = step * tokens_per_micro * grad_accum
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = dict(steps=step, tokens=tokens, training_seconds=round(training_time, 3),
+                 total_seconds=round(time.time() - t_start, 3),
+                 tokens_per_second=round(timed_steps * tokens_per_micro * grad_accum / max(training_time, 1e-9), 1),
+                 peak_memory_mb=round(peak_mb, 1), num_params=num_params, train_loss=round(smooth_loss, 4),
+                 profile=PROFILE, device=device, compile=use_compile, bf16=use_bf16, optimizer=OPTIMIZER,
+                 depth=DEPTH, model_dim=MODEL_DIM)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+               os.path.join(run_dir, "model.pt"))
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(dict(entry="build_model", source="model_source.py", weights="model.pt",
+                       kwargs=model_kwargs, profile=PROFILE), f, indent=1)
+    with open(__file__) as src, open(os.path.join(run_dir, "model_source.py"), "w") as dst:
+        dst.write(src.read())
+    with open(os.path.join(run_dir, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    print("---")
+    for k in ("training_seconds", "total_seconds", "tokens_per_second", "peak_memory_mb", "steps", "tokens",
+              "num_params", "train_loss", "depth", "profile"):
+        print(f"{k}: {stats[k]}")
+
+
+if __name__ == "__main__":
+    main()
