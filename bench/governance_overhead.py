@@ -13,7 +13,6 @@ spent inside train + evaluate, and experiments per hour against the constitution
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import sys
@@ -36,8 +35,18 @@ def main() -> None:
     ap.add_argument("--experiments", type=int, default=10)
     ap.add_argument("--training-seconds", type=float, default=None, help="override budgets.experiment.training_seconds")
     ap.add_argument("--source", help="corpus for a new lab's prepare (default: debian)")
+    ap.add_argument("--analyze", action="store_true", help="only analyze the latest session of --lab; run nothing")
     args = ap.parse_args()
 
+    if args.analyze:
+        lab = find_lab(args.lab)
+        with Ledger.open(lab.ledger_path, read_only=True) as led:
+            evs = led.events()
+        started = [e for e in evs if e.kind == EventKind.SESSION_STARTED][-1]
+        ended = [e for e in evs if e.kind == EventKind.SESSION_ENDED and e.session == started.session]
+        summary = dict(ended[-1].payload, session=started.session)
+        report(lab, summary, (ended[-1].ts - started.ts).total_seconds())
+        return
     if args.lab:
         lab = find_lab(args.lab)
     else:
@@ -51,8 +60,11 @@ def main() -> None:
     rules = lab.load_constitution()
     t0 = time.time()
     summary = Session(lab, make_proposer("offline", seed=rules.proposer.seed), tag=f"bench{int(t0)}", max_experiments=args.experiments).run()
-    wall = time.time() - t0
+    report(lab, summary, time.time() - t0)
 
+
+def report(lab, summary: dict, wall: float) -> None:
+    rules = lab.load_constitution()
     with Ledger.open(lab.ledger_path, read_only=True) as led:
         evs = [e for e in led.events() if e.session == summary["session"]]
     by_exp: dict[int, dict] = {}
@@ -81,7 +93,8 @@ def main() -> None:
     print(f"| share of wall time inside train + evaluate | {100 * sandbox_total / wall:.1f}% |")
     print(f"| experiments per hour (limit: {rules.budgets.session.experiments} per session, {rules.budgets.day.experiments} per day) | {per_hour:.1f} |")
     print(f"| keeps | {summary['keeps']} (val_bpb {summary['baseline_bpb']:.4f} -> {summary['best_bpb']:.4f}) |")
-    print(f"compile cache: {'off (CHARTER_NO_COMPILE=1)' if os.environ.get('CHARTER_NO_COMPILE') == '1' else 'on'}")
+    compiled = {e.payload.get("stats", {}).get("compile") for e in evs if e.kind == EventKind.TRAINING_FINISHED}
+    print(f"train.py compile (from its stats): {sorted(map(str, compiled))}")
 
 
 if __name__ == "__main__":

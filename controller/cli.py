@@ -18,7 +18,7 @@ from pathlib import Path
 import constitution
 from controller import audit
 from controller.anchor import newest_anchor
-from controller.control import ControllerUnreachable
+from controller.control import ControllerUnreachable, request
 from controller.git_workspace import GitError
 from controller.lab import Lab, LabError, find_lab, init_lab
 from controller.operators import format_status, lab_status, operator_command
@@ -78,7 +78,15 @@ def cmd_ledger_note(args: argparse.Namespace) -> int:
     text = " ".join(args.text).strip()
     if not text:
         raise UsageError("a note needs some text: charter ledger note --by NAME TEXT")
-    with Ledger.open(lab.ledger_path) as led:
+    try:  # a running controller is the only writer: hand it the note
+        reply = request(lab.state_dir, {"op": "note", "by": args.by, "text": text})
+        if not reply.get("ok"):
+            raise LedgerError(reply.get("error", "the controller refused the note"))
+        print(f"noted as seq {reply['seq']}" if "seq" in reply else reply.get("message", "note queued"))
+        return 0
+    except ControllerUnreachable:
+        pass
+    with Ledger.open(lab.ledger_path, wait_s=5) as led:
         ev = led.append(EventKind.NOTE, actor=f"person:{args.by}", session=None, payload={"text": text})
     print(f"noted as seq {ev.seq}")
     return 0
@@ -87,7 +95,7 @@ def cmd_ledger_note(args: argparse.Namespace) -> int:
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     lab = find_lab(args.lab)
     anchor = newest_anchor(lab)
-    with Ledger.open(lab.ledger_path, read_only=True) as led:
+    with Ledger.open(lab.ledger_path, read_only=True, wait_s=5) as led:
         result = led.verify(anchor=anchor)
     if result.ok:
         seq, digest = result.head if result.head else (0, "none")

@@ -1,10 +1,11 @@
 """The live path to a running controller: a Unix socket in the lab's `.charter/` directory.
 
 DuckDB lets no second process open a file that one process writes, so while a session runs,
-every other `charter` command talks to the controller instead of the file: `pause`, `stop`,
-`resume` and `note` are queued for the session loop (which ledgers them with who), and `status`
-and read-only `query` are answered from the controller's own connection on a separate cursor, so
-a reader never blocks a write. One JSON object per line each way.
+every other `charter` command talks to the controller instead of the file: `pause`, `stop` and
+`resume` are queued for the session loop (which ledgers them with who), a `note` is appended at
+once, and `status` and read-only `query` / `report` / `export` are answered from the
+controller's own connection on a separate cursor, so a reader never blocks a write. One JSON
+object per line each way.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 SOCKET_NAME = "control.sock"
-COMMANDS = ("pause", "stop", "resume", "note")
+COMMANDS = ("pause", "stop", "resume")  # applied by the loop between steps; others are answered at once
 
 
 class ControllerUnreachable(Exception):

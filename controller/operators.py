@@ -101,7 +101,7 @@ def operator_command(lab: Lab, op: str, by: str, reason: str) -> str:
             return reply["message"]
         return f"{op}: gate now {reply['gate']} (applied by the running controller)"
     actor = f"person:{by}"
-    with Ledger.open(lab.ledger_path) as led:
+    with Ledger.open(lab.ledger_path, wait_s=5) as led:
         gate, _, _ = restore_gate(led.events(kinds=[EventKind.GATE_TRANSITION]))
         if op == "pause":
             t = gate.operator_pause(actor, reason or "paused by operator")

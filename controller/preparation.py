@@ -49,7 +49,7 @@ def prepare_lab(lab: Lab, actor: str = "operator", quiet: bool = False, source: 
         new_rules = constitution.parse_text(text, "constitution.toml")
         lab.constitution_path.write_text(text)
         commit = lab.git.commit_all("charter: pin prepared data and tokenizer hashes")
-        with Ledger.open(lab.ledger_path) as led:
+        with Ledger.open(lab.ledger_path, wait_s=5) as led:
             led.append(EventKind.CONSTITUTION_LOADED, actor=actor, commit_sha=commit, payload={
                 "reason": "data and tokenizer hashes pinned by charter prepare", "pinned": pinned,
                 "hash": constitution.constitution_hash(new_rules), "version": new_rules.meta.version,

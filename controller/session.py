@@ -159,7 +159,7 @@ class Session:
 
     # -- the session -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        with Ledger.open(self.lab.ledger_path) as led:
+        with Ledger.open(self.lab.ledger_path, wait_s=15) as led:
             self.led = led
             self._session_events = []
             self._day_events = []
@@ -561,9 +561,6 @@ class Session:
     def apply_command(self, msg: dict[str, Any]) -> dict[str, Any]:
         op, by = msg["op"], f"person:{msg.get('by') or 'operator'}"
         reason = str(msg.get("reason") or "")
-        if op == "note":
-            ev = self.record(EventKind.NOTE, {"text": str(msg.get("text", ""))}, actor=by)
-            return {"ok": True, "seq": ev.seq}
         self.record(EventKind.OPERATOR_COMMAND, {"command": op, "reason": reason}, actor=by)
         if op == "pause":
             t = self.gate.operator_pause(by, reason or "paused by operator")
@@ -581,6 +578,9 @@ class Session:
         if msg.get("op") == "status":
             return {"ok": True, "status": self.status()}
         op = msg.get("op")
+        if op == "note":
+            ev = self.record(EventKind.NOTE, {"text": str(msg.get("text", ""))[:10_000]}, actor=f"person:{msg.get('by') or 'operator'}")
+            return {"ok": True, "seq": ev.seq}
         if op not in ("query", "report", "export"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         from ledger.query import run_readonly_query  # report/export pull in matplotlib: import on use

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,27 @@ class Ledger:
     # -- opening and closing -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False) -> Ledger:
-        """Open the ledger at `path`; read-write creates the file (and its folder) and migrates it."""
+    def open(cls, path: str | Path, *, read_only: bool = False, wait_s: float = 0.0) -> Ledger:
+        """Open the ledger at `path`; read-write creates the file (and its folder) and migrates it.
+
+        DuckDB refuses the file while another process holds it, even a reader for a moment;
+        `wait_s` keeps retrying that long before giving up with LedgerBusy.
+        """
         path = Path(path).expanduser().absolute()
         key = str(path.resolve())
+        deadline = time.monotonic() + wait_s
         with _OPEN_LOCK:
             others = _OPEN_IN_THIS_PROCESS.get(key, [])
             if others and not (read_only and all(others)):
                 raise LedgerBusy(f"ledger {path} is already open in this process; close it first.")
-            con = _connect(path, read_only)
+            while True:
+                try:
+                    con = _connect(path, read_only)
+                    break
+                except LedgerBusy:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.05)
             try:
                 version = current_version(con, str(path))
                 check_supported(version, str(path))

@@ -243,8 +243,32 @@ def test_operators_reach_a_running_controller(make_lab, tmp_path):
             s = json.loads(r.stdout) if r.returncode == 0 else {}
             return s if s.get("running") and s.get("inflight") else None
 
-        s = wait_for(live_status)
+        try:
+            s = wait_for(live_status)
+        except AssertionError:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"no live status; controller said: {out[-2000:]} {err[-2000:]}") from None
         assert s["session"]["tag"] == "ops" and s["inflight"]["step"]
+        # auditors and notes reach the running controller; a reader in a loop never fails it
+        note = charter("ledger", "note", "--lab", lab.root, "--by", "dave", "watching", "live")
+        assert note.returncode == 0 and note.stdout.startswith("noted as seq"), note.stderr
+        counts, failures = [], []
+
+        def audit_loop():
+            for _ in range(15):
+                r = charter("ledger", "query", "--lab", lab.root, "--json", "select count(*) as n from events")
+                if r.returncode == 0:
+                    counts.append(json.loads(r.stdout)[0]["n"])
+                else:
+                    failures.append(r.stderr)
+
+        auditor = threading.Thread(target=audit_loop)
+        auditor.start()
+        refused = charter("ledger", "query", "--lab", lab.root, "delete from events")
+        assert refused.returncode == 1 and "refused" in refused.stderr
+        auditor.join()
+        assert not failures and counts == sorted(counts) and len(counts) == 15
         paused = charter("pause", "--lab", lab.root, "--by", "bob", "--reason", "checking the logs")
         assert paused.returncode == 0, paused.stderr
         wait_for(lambda: json.loads(charter("status", "--lab", lab.root, "--json").stdout)["gate"]["state"] == "FREEZE")
@@ -258,6 +282,9 @@ def test_operators_reach_a_running_controller(make_lab, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+    notes = [(e.actor, e.payload["text"]) for e in events(lab, EventKind.NOTE)]
+    assert notes == [("person:dave", "watching live")]
+    assert max(counts) <= len(events(lab))
     commands = [(e.actor, e.payload["command"]) for e in events(lab, EventKind.OPERATOR_COMMAND)]
     assert commands == [("person:bob", "pause"), ("person:bob", "resume"), ("person:carol", "stop")]
     gates = [(t.payload["to"], t.actor) for t in events(lab, EventKind.GATE_TRANSITION)]
