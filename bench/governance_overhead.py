@@ -79,6 +79,7 @@ def report(lab, summary: dict, wall: float) -> None:
         elif e.kind == EventKind.DECIDED:
             d["decided"], d["decision"] = e.ts, str(e.decision)
     overheads, sandbox_total = [], 0.0
+    train_total = sum(float(e.payload.get("wall_seconds", 0.0)) for e in evs if e.kind == EventKind.TRAINING_FINISHED)
     for n, d in sorted(by_exp.items()):
         sandbox_total += d["sandbox"]
         if "proposed" in d and "decided" in d and d["sandbox"] > 0:
@@ -91,6 +92,7 @@ def report(lab, summary: dict, wall: float) -> None:
     print(f"| governance overhead per experiment, median (max) | {statistics.median(overheads):.2f} s ({max(overheads):.2f} s) |")
     print(f"| session wall time | {wall:.0f} s |")
     print(f"| share of wall time inside train + evaluate | {100 * sandbox_total / wall:.1f}% |")
+    print(f"| share of wall time inside the training sandbox alone | {100 * train_total / wall:.1f}% |")
     print(f"| experiments per hour (limit: {rules.budgets.session.experiments} per session, {rules.budgets.day.experiments} per day) | {per_hour:.1f} |")
     print(f"| keeps | {summary['keeps']} (val_bpb {summary['baseline_bpb']:.4f} -> {summary['best_bpb']:.4f}) |")
     compiled = {e.payload.get("stats", {}).get("compile") for e in evs if e.kind == EventKind.TRAINING_FINISHED}

@@ -129,7 +129,7 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append("session: none yet (charter run)")
     if s.get("inflight"):
         f = s["inflight"]
-        left = f" , {f['seconds_left']:.0f} s left" if f.get("seconds_left") is not None else ""
+        left = f", {f['seconds_left']:.0f} s left before the kill" if f.get("seconds_left") is not None else ""
         lines.append(f"in flight: experiment {f['experiment']} ({f['description']}): {f['step']}{left}")
     if best.get("baseline_bpb") is not None:
         lines.append(f"val_bpb: baseline {best['baseline_bpb']:.4f}, best {best['best_bpb']:.4f}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -33,6 +34,12 @@ def python_argv(argv: list[str]) -> list[str]:
     if argv and argv[0] in ("python", "python3"):
         return [sys.executable, *argv[1:]]
     return list(argv)
+
+
+def python_prefixes() -> list[Path]:
+    """Where this interpreter and its packages live; bound into sandboxes in case that is
+    under /tmp (a venv in a temporary clone), which the sandbox replaces with a private tmpfs."""
+    return sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()})
 
 
 def cache_dir() -> Path:
@@ -108,7 +115,8 @@ class Runner:
             argv=python_argv(self.rules.evaluation.train_command),
             cwd=self.lab_root,
             writable=[run_dir, self.compile_cache],
-            readable=[Path(data["cache_dir"])],  # train data + tokenizer; val inside it stays hidden
+            # train data + tokenizer (val inside it stays hidden), and the interpreter wherever it lives
+            readable=[Path(data["cache_dir"]), *python_prefixes()],
             hidden=self._hidden(data),
             env=env,
             timeout_s=self.rules.experiment_deadline_seconds,
@@ -132,7 +140,7 @@ class Runner:
         env = base_env(self.rules) | {"HOME": str(out_dir)}
         if self.level == "bubblewrap":
             worker_spec = SandboxSpec(
-                argv=[], cwd=self.lab_root, writable=[], readable=[run_dir], hidden=self._hidden(data),
+                argv=[], cwd=self.lab_root, writable=[], readable=[run_dir, *python_prefixes()], hidden=self._hidden(data),
                 env=base_env(self.rules) | {"HOME": "/tmp"}, timeout_s=b.evaluate_timeout_seconds,
                 memory_mb=b.memory_hard_mb, max_processes=self.rules.sandbox.max_processes, max_file_mb=1,
             )
@@ -158,6 +166,23 @@ class Runner:
             result = {}
         return res, result
 
+    def reported(self, run_dir: Path, t: SandboxResult) -> RunOutcome:
+        """Weaker trust, for labs that govern an unmodified upstream checkout: the metric is the
+        last line of the training log matching the constitution's pattern. Ledgered as such."""
+        try:
+            log = (run_dir / "train.log").read_text(errors="replace")
+        except OSError:
+            log = ""
+        found = re.findall(self.rules.evaluation.reported_metric_pattern, log, flags=re.M)
+        result = {"trust": "reported", "pattern": self.rules.evaluation.reported_metric_pattern}
+        try:
+            bpb = float(found[-1] if isinstance(found[-1], str) else found[-1][0])
+        except (IndexError, ValueError):
+            return RunOutcome("crash", "training printed no metric line matching reported_metric_pattern", None, t, None, result)
+        if not math.isfinite(bpb) or not (0 < bpb < 32):
+            return RunOutcome("crash", f"training reported an impossible val_bpb {bpb!r}", None, t, None, result)
+        return RunOutcome("ok", "trained; metric as reported by the training run (trust: reported)", bpb, t, None, result | {"val_bpb": bpb})
+
     def run(self, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> RunOutcome:
         t = self.train(run_dir, data, on_start)
         if t.timed_out:
@@ -166,6 +191,8 @@ class Runner:
             return RunOutcome("crash", f"training exceeded {self.rules.budgets.experiment.memory_hard_mb} MB and was killed", None, t, None, {})
         if t.returncode != 0:
             return RunOutcome("crash", f"training exited with code {t.returncode}", None, t, None, {})
+        if self.rules.evaluation.trust == "reported":
+            return self.reported(run_dir, t)
         e, result = self.evaluate(run_dir, data, on_start)
         if e.timed_out:
             return RunOutcome("crash", "evaluation passed its deadline and was killed", None, t, e, result)

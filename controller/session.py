@@ -25,8 +25,9 @@ from typing import Any
 import constitution
 from constitution import Constitution, GateState
 from controller import budgets, keep_rule, sandbox
+from controller.anchor import write_anchor
 from controller.control import ControlServer
-from controller.gates import GateMachine, Outcome, Transition
+from controller.gates import GateMachine, Outcome, Transition, firing_rules
 from controller.harm_test import diff_line_count, harm_test
 from controller.lab import Lab, file_sha256
 from controller.operators import restore_gate
@@ -85,7 +86,7 @@ class SessionState:
 
 
 class Session:
-    def __init__(self, lab: Lab, proposer: Proposer, tag: str | None = None, max_experiments: int | None = None, actor: str = CONTROLLER):
+    def __init__(self, lab: Lab, proposer: Proposer, tag: str | None = None, max_experiments: int | None = None):
         self.lab = lab
         self.rules: Constitution = lab.load_constitution()
         self.proposer = proposer
@@ -308,7 +309,6 @@ class Session:
                 self.stop_requested.wait(self.rules.gates.throttle.cooldown_seconds)
 
     def _firing(self):
-        from controller.gates import firing_rules
         return firing_rules(self.rules.gates.rules, self.state.outcomes, self._burn())
 
     def _burn(self) -> float:
@@ -492,11 +492,12 @@ class Session:
             "wall_seconds": round(t.wall_seconds, 3), "peak_rss_mb": round(t.peak_rss_mb, 1), "isolation": t.level,
             "log_tail_untrusted": t.log_tail[-2000:], "stats": self._read_stats(run_dir),
         }, experiment=n, commit_sha=commit)
-        if outcome.evaluation is not None:
+        if outcome.evaluation is not None or outcome.eval_result.get("trust") == "reported":
             e = outcome.evaluation
             self.record(EventKind.EVALUATED, {
-                "run": run_index, "status": outcome.status, "reason": outcome.reason, "wall_seconds": round(e.wall_seconds, 3),
-                "result": outcome.eval_result, "returncode": e.returncode,
+                "run": run_index, "status": outcome.status, "reason": outcome.reason,
+                "wall_seconds": round(e.wall_seconds, 3) if e else 0.0, "returncode": e.returncode if e else None,
+                "trust": self.rules.evaluation.trust, "result": outcome.eval_result,
             }, experiment=n, commit_sha=commit, val_bpb=outcome.val_bpb)
         self.inflight = Inflight(n, description, "post-checks", time.time())
         problems = self.immutable_problems()
@@ -612,7 +613,6 @@ class Session:
         }
         ev = self.record(EventKind.SESSION_ENDED, summary, commit_sha=s.best_commit, gate_state=self.gate.state)
         head = (ev.seq, ev.hash)
-        from controller.anchor import write_anchor
         write_anchor(self.lab, head, s.id)
         self.publish_final()
         return summary | {"session": s.id}

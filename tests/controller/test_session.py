@@ -325,3 +325,24 @@ def test_kill_9_then_resume_leaves_a_consistent_lab(make_lab, tmp_path, fault):
     assert lab.git.head() == best
     verify = charter("ledger", "verify", "--lab", lab.root)
     assert verify.returncode == 0 and verify.stdout.startswith(f"ok: {len(after)} events")
+
+
+def test_reported_trust_reads_the_metric_from_the_log_and_says_so(make_lab, tmp_path):
+    # a lab that governs an unmodified upstream-style script: weaker trust, recorded as such
+    lab = make_lab(rules={
+        'trust = "evaluator"': 'trust = "reported"',
+        '"timing", "evaluation"]': '"timing"]',
+    })
+    (lab.root / "train.py").write_text("print('training...')\nprint('val_bpb: 2.0')\n")
+    lab.git.commit_all("an upstream-style script that prints its metric")
+    queue = tmp_path / "queue"
+    queue_folder(queue, "001-better", {"train.py": "print('val_bpb: 1.5')\n"})
+    queue_folder(queue, "002-silent", {"train.py": "print('no metric today')\n"})
+
+    run_queue(lab, queue, tag="reported")
+
+    decided = events(lab, EventKind.DECIDED)
+    assert [(e.decision, e.val_bpb) for e in decided] == [("baseline", 2.0), ("keep", 1.5), ("crash", None)]
+    assert "no metric line" in decided[2].payload["reason"]
+    evaluated = events(lab, EventKind.EVALUATED)
+    assert {e.payload["trust"] for e in evaluated} == {"reported"}
