@@ -68,7 +68,16 @@ def _check_pin(value: str) -> str:
     return value
 
 
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression ({e})") from None
+    return value
+
+
 LabPath = Annotated[str, AfterValidator(_check_lab_path)]
+Regex = Annotated[str, AfterValidator(_check_regex)]
 Pin = Annotated[str, AfterValidator(_check_pin)]
 
 
@@ -100,35 +109,18 @@ class Evaluation(Strict):
     trust: Literal["evaluator", "reported"] = "evaluator"
     train_command: list[str] = Field(min_length=1)
     evaluate_command: list[str] = Field(min_length=1)
-    reported_metric_pattern: str = r"^val_bpb:\s*([0-9.]+)"
+    reported_metric_pattern: Regex = r"^val_bpb:\s*([0-9.]+)"
     eval_tokens: int = Field(gt=0, le=1 << 30)
     immutable: dict[LabPath, Pin] = Field(min_length=1)
     data_hash: Pin = ""
     tokenizer_hash: Pin = ""
 
-    @field_validator("reported_metric_pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regular expression ({e})") from None
-        return v
 
 
 class HardConstraint(Strict):
     name: str = Field(min_length=1, max_length=80)
-    pattern: str = Field(min_length=1)  # regex that must never match an editable file after a change
+    pattern: Regex = Field(min_length=1)  # must never match an editable file after a change
     why: str = ""
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regular expression ({e})") from None
-        return v
 
 
 HarmRule = Literal[

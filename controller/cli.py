@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("charter: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and friends
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ledger import EventKind, Ledger, LedgerBusy
 STATUS_KINDS = [
     EventKind.SESSION_STARTED, EventKind.SESSION_RESUMED, EventKind.SESSION_ENDED, EventKind.DECIDED,
     EventKind.GATE_TRANSITION, EventKind.TRAINING_FINISHED, EventKind.EVALUATED, EventKind.AGENT_CALL,
+    EventKind.PROPOSED,
 ]
 
 
@@ -52,9 +53,10 @@ def status_from_ledger(lab: Lab) -> dict[str, Any]:
     baseline = best = best_commit = None
     keeps = experiments = 0
     for e in mine:
+        if e.kind == EventKind.PROPOSED:
+            experiments = max(experiments, e.experiment or 0)
         if e.kind != EventKind.DECIDED:
             continue
-        experiments = max(experiments, e.experiment or 0)
         if e.decision == "baseline" and not e.payload.get("repair"):
             baseline = best = e.val_bpb
             best_commit = e.commit_sha
@@ -120,7 +122,7 @@ def operator_command(lab: Lab, op: str, by: str, reason: str) -> str:
 def format_status(s: dict[str, Any]) -> str:
     g, sess, best, b = s["gate"], s["session"], s["best"], s["budgets"]
     lines = [f"gate: {g['state']}" + (" (held by operator)" if g.get("held_by_operator") else "")
-             + (f"  rule {g['rule']}: {g['evidence']}" if g.get("rule") else "")]
+             + (f"  (last change by rule {g['rule']}: {g['evidence']})" if g.get("rule") else "")]
     if sess["id"]:
         state = "running" if s["running"] else f"stopped ({sess.get('ended', '')})"
         lines.append(f"session: {sess['id']} ({sess['tag']}, branch {sess['branch']}) {state}")

@@ -36,12 +36,6 @@ def python_argv(argv: list[str]) -> list[str]:
     return list(argv)
 
 
-def python_prefixes() -> list[Path]:
-    """Where this interpreter and its packages live; bound into sandboxes in case that is
-    under /tmp (a venv in a temporary clone), which the sandbox replaces with a private tmpfs."""
-    return sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()})
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("CHARTER_CACHE_DIR") or Path.home() / ".cache" / "charter").absolute()
 
@@ -115,8 +109,7 @@ class Runner:
             argv=python_argv(self.rules.evaluation.train_command),
             cwd=self.lab_root,
             writable=[run_dir, self.compile_cache],
-            # train data + tokenizer (val inside it stays hidden), and the interpreter wherever it lives
-            readable=[Path(data["cache_dir"]), *python_prefixes()],
+            readable=[Path(data["cache_dir"])],  # train data + tokenizer; val inside it stays hidden
             hidden=self._hidden(data),
             env=env,
             timeout_s=self.rules.experiment_deadline_seconds,
@@ -140,7 +133,7 @@ class Runner:
         env = base_env(self.rules) | {"HOME": str(out_dir)}
         if self.level == "bubblewrap":
             worker_spec = SandboxSpec(
-                argv=[], cwd=self.lab_root, writable=[], readable=[run_dir, *python_prefixes()], hidden=self._hidden(data),
+                argv=[], cwd=self.lab_root, writable=[], readable=[run_dir], hidden=self._hidden(data),
                 env=base_env(self.rules) | {"HOME": "/tmp"}, timeout_s=b.evaluate_timeout_seconds,
                 memory_mb=b.memory_hard_mb, max_processes=self.rules.sandbox.max_processes, max_file_mb=1,
             )

@@ -90,7 +90,10 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     mb = max(spec.memory_mb, 1)
     cwd = spec.cwd.resolve()
     writable = [p.resolve() for p in spec.writable]
-    readable = [p.resolve() for p in spec.readable]
+    # the interpreter and its packages, wherever they live: a venv in a temporary clone sits
+    # under /tmp, which the sandbox replaces with a private tmpfs
+    interpreter = {p for p in (Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()) if _under(p, Path("/tmp"))}
+    readable = sorted({p.resolve() for p in spec.readable} | interpreter)
     args = [shutil.which("bwrap") or "bwrap",
             "--ro-bind", "/", "/",
             "--dev", "/dev",

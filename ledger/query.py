@@ -38,7 +38,8 @@ from typing import Any
 
 import duckdb
 
-from .errors import LedgerBusy, LedgerCorrupt, LedgerError, LedgerMissing
+from .errors import LedgerCorrupt, LedgerError
+from .store import connect
 from .schema import LATEST_VERSION, check_supported, current_version
 from .views import ensure_views
 
@@ -66,14 +67,6 @@ _SPECIAL_FUNCTIONS = frozenset({"unnest", "unlist"})
 _SHOW_SPECIAL = frozenset({'"tables"', "__show_tables_expanded", '"databases"'})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
-_READONLY_CONFIG = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "python_enable_replacements": False,
-}
-
-
 class QueryError(LedgerError):
     """A query could not be answered; the message is one line for a person."""
 
@@ -97,21 +90,7 @@ def open_readonly(path: str | Path) -> duckdb.DuckDBPyConnection:
     send the query to the controller instead (it answers on a cursor of its own connection).
     """
     path = Path(path).expanduser().absolute()
-    if not path.exists():
-        raise LedgerMissing(f"ledger {path} does not exist.")
-    try:
-        con = duckdb.connect(str(path), read_only=True, config=dict(_READONLY_CONFIG))
-    except duckdb.Error as err:
-        text = str(err)
-        if "lock" in text.lower():
-            holder = re.search(r"PID (\d+)", text)
-            by = f" (held by process {holder.group(1)})" if holder else ""
-            raise LedgerBusy(f"ledger {path} is in use by another process{by}; ask the running controller instead.") from None
-        if "different configuration" in text:
-            raise LedgerBusy(f"ledger {path} is already open in this process; query it through that connection.") from None
-        if "not a valid DuckDB database" in text:
-            raise LedgerCorrupt(f"{path} is not a DuckDB database file.") from None
-        raise LedgerCorrupt(f"ledger {path} could not be opened: {_first_line(err)}") from None
+    con = connect(path, True, extra_config={"python_enable_replacements": False}, busy_hint="ask the running controller instead")
     try:
         version = current_version(con, str(path))
         check_supported(version, str(path))

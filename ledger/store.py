@@ -86,7 +86,7 @@ class Ledger:
                 raise LedgerBusy(f"ledger {path} is already open in this process; close it first.")
             while True:
                 try:
-                    con = _connect(path, read_only)
+                    con = connect(path, read_only)
                     break
                 except LedgerBusy:
                     if time.monotonic() >= deadline:
@@ -271,7 +271,14 @@ class Ledger:
         return f"<Ledger {self._path} {state}>"
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+# No file, network or extension access through a ledger connection: auditors' queries run on
+# cursors of the writer's connection while a session holds the file, and SQL must not reach
+# beyond the ledger.
+SAFE_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def connect(path: Path, read_only: bool, extra_config: dict | None = None, busy_hint: str = "only one may open it at a time") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to the ledger file, with open failures turned into LedgerErrors."""
     if read_only and not path.exists():
         raise LedgerMissing(f"ledger {path} does not exist.")
     if not read_only:
@@ -280,11 +287,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         except OSError as err:
             raise LedgerError(f"cannot create the folder for ledger {path}: {err.strerror}.") from None
     try:
-        # No file, network or extension access through this connection: auditors' queries run
-        # on cursors of it while a session holds the file, and SQL must not reach beyond the ledger.
-        con = duckdb.connect(str(path), read_only=read_only, config={
-            "enable_external_access": False, "autoinstall_known_extensions": False, "autoload_known_extensions": False,
-        })
+        con = duckdb.connect(str(path), read_only=read_only, config={**SAFE_CONFIG, **(extra_config or {})})
         con.execute("SET enable_progress_bar = false")
         if not read_only:
             # Checkpoint (fold the WAL into the file) every 256 MB instead of DuckDB's 16 MB:
@@ -297,7 +300,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         if "lock" in text.lower():
             holder = re.search(r"PID (\d+)", text)
             by = f" (held by process {holder.group(1)})" if holder else ""
-            raise LedgerBusy(f"ledger {path} is in use by another process{by}; only one may open it at a time.") from None
+            raise LedgerBusy(f"ledger {path} is in use by another process{by}; {busy_hint}.") from None
         if "different configuration" in text:
             raise LedgerBusy(f"ledger {path} is already open in this process in another mode.") from None
         if "not a valid DuckDB database" in text:
