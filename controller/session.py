@@ -93,6 +93,7 @@ class Session:
         self.tag = tag
         self.max_experiments = max_experiments
         self.gate = GateMachine()
+        self.gate_why: tuple[str | None, str | None] = (None, None)  # the last transition's rule and evidence
         self.inflight: Inflight | None = None
         self.led: Ledger | None = None
         self.state: SessionState | None = None
@@ -136,7 +137,7 @@ class Session:
             rules=self.rules, gate=self.gate, session_id=s.id, tag=s.tag, branch=s.branch,
             started=s.started, experiment=s.experiment, baseline=s.baseline_bpb, best=s.best_bpb,
             best_commit=s.best_commit, keeps=s.keeps, usage=usage, inflight=self.inflight, running=True,
-            pid=os.getpid(), now=now,
+            pid=os.getpid(), now=now, gate_rule=self.gate_why[0], gate_evidence=self.gate_why[1],
         )
 
     def session_usage(self, now: datetime) -> budgets.Usage:
@@ -182,7 +183,8 @@ class Session:
         self.level = self.choose_isolation()
         history = self.led.events(kinds=[EventKind.SESSION_STARTED, EventKind.SESSION_ENDED, EventKind.GATE_TRANSITION, EventKind.DECIDED, EventKind.PROPOSED, EventKind.TRAINING_FINISHED, EventKind.EVALUATED, EventKind.AGENT_CALL])
         today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
-        self.gate, _, _ = restore_gate(history)  # gate state survives restarts
+        self.gate, rule, evidence = restore_gate(history)  # gate state survives restarts
+        self.gate_why = (rule, evidence)
         outcomes = [self._outcome(ev) for ev in history if ev.kind == EventKind.DECIDED]
         ended = {ev.session for ev in history if ev.kind == EventKind.SESSION_ENDED}
         open_sessions = [ev for ev in history if ev.kind == EventKind.SESSION_STARTED and ev.session not in ended]
@@ -202,7 +204,7 @@ class Session:
             reset_to = self.state.best_commit or start.payload["base_commit"]
             git.checkout(self.state.branch, create_at=reset_to)
             git.reset_hard(reset_to)
-            ev = self.record(EventKind.SESSION_RESUMED, {"tag": self.state.tag, "reset_to": reset_to, "interrupted": interrupted, "isolation": self.level, "pid": os.getpid()}, commit_sha=reset_to, gate_state=self.gate.state)
+            self.record(EventKind.SESSION_RESUMED, {"tag": self.state.tag, "reset_to": reset_to, "interrupted": interrupted, "isolation": self.level, "pid": os.getpid()}, commit_sha=reset_to, gate_state=self.gate.state)
             for n in interrupted:
                 prop = next(e.payload for e in evs if e.kind == EventKind.PROPOSED and e.experiment == n)
                 extra = {k: prop.get(k) for k in ("description", "source", "params")}
@@ -536,6 +538,7 @@ class Session:
             self.record_transition(t)
 
     def record_transition(self, t: Transition, actor: str = CONTROLLER) -> None:
+        self.gate_why = (t.rule, t.evidence)
         self.record(EventKind.GATE_TRANSITION, {
             "from": t.source.value, "to": t.dest.value, "rule": t.rule, "evidence": t.evidence, "by": t.by,
             "held": self.gate.held_by_operator,
