@@ -13,7 +13,7 @@ from typing import Any
 
 from controller.control import ControllerUnreachable, request
 from controller.lab import Lab
-from ledger import LedgerError
+from ledger import Ledger, LedgerError, VerifyResult
 from ledger.query import open_readonly, run_readonly_query
 
 
@@ -38,6 +38,16 @@ def query(lab: Lab, sql: str, limit: int = 10000) -> dict[str, Any]:
         con.close()
 
 
+def verify(lab: Lab, anchor: tuple[int, str] | None) -> VerifyResult:
+    """The chain check; during a session on a cursor of the controller's connection."""
+    reply = _live(lab, {"op": "verify", "anchor": list(anchor) if anchor else None})
+    if reply is not None:
+        r = reply["result"]
+        return VerifyResult(r["ok"], r["count"], tuple(r["head"]) if r["head"] else None, r["bad_seq"], r["problem"])
+    with Ledger.open(lab.ledger_path, read_only=True, wait_s=5) as led:
+        return led.verify(anchor=anchor)
+
+
 def report(lab: Lab, out: Path, session: str | None = None) -> tuple[Path, Path]:
     reply = _live(lab, {"op": "report", "out": str(out), "session": session})
     if reply is not None:
@@ -50,14 +60,14 @@ def report(lab: Lab, out: Path, session: str | None = None) -> tuple[Path, Path]
         con.close()
 
 
-def export(lab: Lab, out: Path, fmt: str) -> list[Path]:
-    reply = _live(lab, {"op": "export", "out": str(out), "format": fmt})
+def export(lab: Lab, out: Path, fmt: str, session: str | None = None) -> list[Path]:
+    reply = _live(lab, {"op": "export", "out": str(out), "format": fmt, "session": session})
     if reply is not None:
         return [Path(p) for p in reply["paths"]]
     from ledger.export import export_views
     con = open_readonly(lab.ledger_path)
     try:
-        return export_views(con, out, fmt)
+        return export_views(con, out, fmt, session=session)
     finally:
         con.close()
 

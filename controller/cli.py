@@ -95,8 +95,7 @@ def cmd_ledger_note(args: argparse.Namespace) -> int:
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     lab = find_lab(args.lab)
     anchor = newest_anchor(lab)
-    with Ledger.open(lab.ledger_path, read_only=True, wait_s=5) as led:
-        result = led.verify(anchor=anchor)
+    result = audit.verify(lab, anchor)
     if result.ok:
         seq, digest = result.head if result.head else (0, "none")
         tail = f" (anchor at seq {anchor[0]} matches)" if anchor else ""
@@ -125,7 +124,7 @@ def cmd_ledger_query(args: argparse.Namespace) -> int:
 
 def cmd_ledger_report(args: argparse.Namespace) -> int:
     lab = find_lab(args.lab)
-    out = Path(args.out or lab.root / "reports").absolute()
+    out = Path(args.out or lab.state_dir / "reports").absolute()  # never inside the work tree
     md, png = audit.report(lab, out, session=args.session)
     print(f"notebook: {md}")
     print(f"chart:    {png}")
@@ -134,7 +133,7 @@ def cmd_ledger_report(args: argparse.Namespace) -> int:
 
 def cmd_ledger_export(args: argparse.Namespace) -> int:
     lab = find_lab(args.lab)
-    paths = audit.export(lab, Path(args.out).absolute(), args.format)
+    paths = audit.export(lab, Path(args.out).absolute(), args.format, session=args.session)
     for p in paths:
         print(p)
     return 0
@@ -260,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = lsub.add_parser("report", help="a lab notebook (Markdown) and a progress chart (PNG)")
     lab_arg(sp)
     sp.add_argument("--session", help="session id (default: the latest)")
-    sp.add_argument("--out", help="output directory (default: LAB/reports)")
+    sp.add_argument("--out", help="output directory (default: LAB/.charter/reports)")
     sp.set_defaults(func=cmd_ledger_report)
     sp = lsub.add_parser("export", help="every auditor view as parquet, csv or tsv files")
     lab_arg(sp)
     sp.add_argument("--format", choices=["parquet", "csv", "tsv"], required=True)
+    sp.add_argument("--session", help="session for results.tsv (default: the latest)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_ledger_export)
 

@@ -36,6 +36,7 @@ from controller.runner import PrepareError, RunOutcome, Runner, verify_data
 from controller.staging import StagingError, apply_to_lab, stage, unified_diff
 from controller.status import build_status, write_status
 from ledger import Decision, EventKind, Ledger
+from ledger.verify import verify_chain
 
 CONTROLLER = "controller"
 MAX_REPAIRS = 2  # baseline re-verifications in one FREEZE before the session ends
@@ -585,19 +586,22 @@ class Session:
         if op == "note":
             ev = self.record(EventKind.NOTE, {"text": str(msg.get("text", ""))[:10_000]}, actor=f"person:{msg.get('by') or 'operator'}")
             return {"ok": True, "seq": ev.seq}
-        if op not in ("query", "report", "export"):
+        if op not in ("query", "report", "export", "verify"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         from ledger.query import run_readonly_query  # report/export pull in matplotlib: import on use
         cur = self.led.cursor()  # a reader on its own cursor never blocks the loop's appends
         try:
             if op == "query":
                 return {"ok": True, **run_readonly_query(cur, str(msg.get("sql", "")), limit=int(msg.get("limit", 10000)))}
+            if op == "verify":
+                anchor = tuple(msg["anchor"]) if msg.get("anchor") else None
+                return {"ok": True, "result": verify_chain(cur, anchor)._asdict()}
             if op == "report":
                 from ledger.report import write_report
                 md, png = write_report(cur, Path(msg["out"]), session=msg.get("session"))
                 return {"ok": True, "markdown": str(md), "chart": str(png)}
             from ledger.export import export_views
-            return {"ok": True, "paths": [str(p) for p in export_views(cur, Path(msg["out"]), msg["format"])]}
+            return {"ok": True, "paths": [str(p) for p in export_views(cur, Path(msg["out"]), msg["format"], session=msg.get("session"))]}
         finally:
             cur.close()
 

@@ -267,6 +267,11 @@ def test_operators_reach_a_running_controller(make_lab, tmp_path):
         auditor.start()
         refused = charter("ledger", "query", "--lab", lab.root, "delete from events")
         assert refused.returncode == 1 and "refused" in refused.stderr
+        verified = charter("ledger", "verify", "--lab", lab.root)
+        assert verified.returncode == 0 and verified.stdout.startswith("ok: "), verified.stderr
+        reported = charter("ledger", "report", "--lab", lab.root, "--out", tmp_path / "report")
+        assert reported.returncode == 0, reported.stderr
+        assert list((tmp_path / "report").glob("progress-*.png")) and list((tmp_path / "report").glob("report-*.md"))
         auditor.join()
         assert not failures and counts == sorted(counts) and len(counts) == 15
         paused = charter("pause", "--lab", lab.root, "--by", "bob", "--reason", "checking the logs")
