@@ -230,48 +230,14 @@ def render_markdown(data: dict[str, Any], chart_name: str, diff_lines: int = 80)
             fence = _fence(shown)
             out += ["", f"{fence}diff", shown, fence]
         out.append("")
-    # discards
-    out += ["## Discards", ""]
-    discards = [e for e in exps if e["decision"] == "discard"]
-    if discards:
-        out += ["| exp | description | val_bpb | improvement | reason |", "|---:|---|---:|---:|---|"]
-        for e in discards:
-            imp = f"{e['improvement']:+.4f}" if e["improvement"] is not None else ""
-            out.append(f"| {e['experiment']} | {_cell(e['description'])} | {_bpb(e['val_bpb'])} | {imp} | {_cell(e['reason'])} |")
-    else:
-        out.append("None.")
-    out.append("")
-    # crashes, timeouts, interruptions
-    out += ["## Crashes, timeouts and interruptions", ""]
-    failed = [e for e in exps if e["decision"] in FAILED]
-    if failed:
-        out += ["| exp | decision | description | peak RSS MB | reason |", "|---:|---|---|---:|---|"]
-        for e in failed:
-            rss = f"{e['peak_rss_mb']:.0f}" if e["peak_rss_mb"] is not None else ""
-            out.append(f"| {e['experiment']} | {e['decision']} | {_cell(e['description'])} | {rss} | {_cell(e['reason'])} |")
-    else:
-        out.append("None.")
-    out.append("")
-    # refusals
-    out += ["## Refusals (harm test)", ""]
-    if data["refusals"]:
-        out += ["| exp | rule | where | hard | evidence |", "|---:|---|---|---|---|"]
-        for r in data["refusals"]:
-            where = f"{r['path']}:{r['line']}" if r["path"] and r["line"] is not None else (r["path"] or "")
-            out.append(f"| {r['experiment']} | {_cell(r['rule'])} | {_cell(where)} | {'**yes**' if r['hard'] else 'no'} | {_cell(r['evidence'])} |")
-    else:
-        out.append("None.")
-    out.append("")
-    # gate history
-    out += ["## Gate history", ""]
-    if data["gates"]:
-        out += ["| seq | time (UTC) | from | to | rule | by | evidence |", "|---:|---|---|---|---|---|---|"]
-        for g in data["gates"]:
-            out.append(f"| {g['seq']} | {g['ts']:%Y-%m-%d %H:%M:%S} | {_cell(g['from_state'])} | {_cell(g['to_state'])} | "
-                       f"{_cell(g['rule'])} | {_cell(g['who'])} | {_cell(g['evidence'])} |")
-    else:
-        out.append("No transition: the gate stayed where it was.")
-    out.append("")
+    out += _table("Discards", "| exp | description | val_bpb | improvement | reason |", "|---:|---|---:|---:|---|",
+                  [_discard_row(e) for e in exps if e["decision"] == "discard"], "None.")
+    out += _table("Crashes, timeouts and interruptions", "| exp | decision | description | peak RSS MB | reason |",
+                  "|---:|---|---|---:|---|", [_failed_row(e) for e in exps if e["decision"] in FAILED], "None.")
+    out += _table("Refusals (harm test)", "| exp | rule | where | hard | evidence |", "|---:|---|---|---|---|",
+                  [_refusal_row(r) for r in data["refusals"]], "None.")
+    out += _table("Gate history", "| seq | time (UTC) | from | to | rule | by | evidence |", "|---:|---|---|---|---|---|---|",
+                  [_gate_row(g) for g in data["gates"]], "No transition: the gate stayed where it was.")
     # budgets
     out += ["## Budgets (session limits of the constitution in force)", "", "| resource | used | limit | share |", "|---|---:|---:|---:|"]
     for b in data["budgets"]:
@@ -280,6 +246,31 @@ def render_markdown(data: dict[str, Any], chart_name: str, diff_lines: int = 80)
         out.append(f"| {b['resource']} | {_num(used)} | {_num(limit)} | {share} |")
     out += ["", f"_Written from the ledger's events by `charter ledger report`; agent text is quoted, not trusted._", ""]
     return "\n".join(out)
+
+
+def _table(title: str, header: str, rule: str, rows: list[str], empty: str) -> list[str]:
+    """A notebook section: a heading, then a Markdown table of `rows` or the `empty` sentence."""
+    return [f"## {title}", "", *([header, rule, *rows] if rows else [empty]), ""]
+
+
+def _discard_row(e: dict[str, Any]) -> str:
+    imp = f"{e['improvement']:+.4f}" if e["improvement"] is not None else ""
+    return f"| {e['experiment']} | {_cell(e['description'])} | {_bpb(e['val_bpb'])} | {imp} | {_cell(e['reason'])} |"
+
+
+def _failed_row(e: dict[str, Any]) -> str:
+    rss = f"{e['peak_rss_mb']:.0f}" if e["peak_rss_mb"] is not None else ""
+    return f"| {e['experiment']} | {e['decision']} | {_cell(e['description'])} | {rss} | {_cell(e['reason'])} |"
+
+
+def _refusal_row(r: dict[str, Any]) -> str:
+    where = f"{r['path']}:{r['line']}" if r["path"] and r["line"] is not None else (r["path"] or "")
+    return f"| {r['experiment']} | {_cell(r['rule'])} | {_cell(where)} | {'**yes**' if r['hard'] else 'no'} | {_cell(r['evidence'])} |"
+
+
+def _gate_row(g: dict[str, Any]) -> str:
+    return (f"| {g['seq']} | {g['ts']:%Y-%m-%d %H:%M:%S} | {_cell(g['from_state'])} | {_cell(g['to_state'])} | "
+            f"{_cell(g['rule'])} | {_cell(g['who'])} | {_cell(g['evidence'])} |")
 
 
 def _num(value: float | None) -> str:
