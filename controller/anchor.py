@@ -19,13 +19,13 @@ MESSAGE = re.compile(r"ledger-anchor seq=(\d+) hash=([0-9a-f]{64})")
 def write_anchor(lab, head: tuple[int, str], session: str) -> str:
     seq, digest = head
     name = f"{TAG_PREFIX}{seq:012d}"
-    lab.git._git("tag", "-f", "-a", name, "-m", f"ledger-anchor seq={seq} hash={digest} session={session}")
+    lab.git.tag(name, f"ledger-anchor seq={seq} hash={digest} session={session}")
     return name
 
 
 def newest_anchor(lab) -> tuple[int, str] | None:
     try:
-        out = lab.git._git("tag", "-l", f"{TAG_PREFIX}*", "--format=%(contents)")
+        out = lab.git.tag_messages(f"{TAG_PREFIX}*")
     except GitError:
         return None
     best = None

@@ -38,9 +38,6 @@ class GitWorkspace:
     def init(self, branch: str = "main") -> None:
         self._git("init", "-q", "-b", branch)
 
-    def is_repo(self) -> bool:
-        return (self.root / ".git").exists()
-
     # -- reading ------------------------------------------------------------------------------
     def head(self) -> str:
         return self._git("rev-parse", "HEAD").strip()
@@ -60,18 +57,12 @@ class GitWorkspace:
                 paths.append(entry[3:])
         return paths
 
-    def diff(self, base: str, target: str = "HEAD") -> str:
-        return self._git("diff", "--no-color", "--no-ext-diff", base, target)
+    def tracked_files(self) -> list[str]:
+        return [p for p in self._git("ls-files", "-z").split("\0") if p]
 
-    def changed_files(self, base: str, target: str = "HEAD") -> list[tuple[str, str]]:
-        """(status letter, path) for each file that differs; renames are reported as D + A."""
-        out = self._git("diff", "--name-status", "--no-renames", "-z", base, target)
-        parts = [p for p in out.split("\0") if p]
-        return [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-
-    def show_file(self, rev: str, path: str) -> str | None:
-        proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=self.root, capture_output=True, text=True)
-        return proc.stdout if proc.returncode == 0 else None
+    def tag_messages(self, pattern: str) -> str:
+        """The messages of every annotated tag matching `pattern`, concatenated."""
+        return self._git("tag", "-l", pattern, "--format=%(contents)")
 
     # -- writing ------------------------------------------------------------------------------
     def commit_all(self, message: str) -> str:
@@ -85,22 +76,11 @@ class GitWorkspace:
         else:
             self._git("checkout", "-q", name)
 
+    def tag(self, name: str, message: str) -> None:
+        """An annotated tag on HEAD (replacing one of the same name)."""
+        self._git("tag", "-f", "-a", name, "-m", message)
+
     def reset_hard(self, rev: str) -> None:
         """Return the work tree exactly to `rev`: tracked changes dropped, untracked files removed."""
         self._git("reset", "-q", "--hard", rev)
         self._git("clean", "-q", "-fd")
-
-    def apply_patch(self, patch: str) -> None:
-        self._git("apply", "--whitespace=nowarn", "-", input=patch)
-
-    def add_note(self, rev: str, ref: str, text: str) -> None:
-        self._git("notes", "--ref", ref, "add", "-f", "-m", text, rev)
-
-    def read_notes(self, ref: str) -> list[tuple[str, str]]:
-        """(commit, note text) for every note under `ref`."""
-        out = self._git("notes", "--ref", ref, "list", check=False)
-        notes = []
-        for line in out.splitlines():
-            note_obj, commit = line.split()
-            notes.append((commit, self._git("cat-file", "-p", note_obj)))
-        return notes

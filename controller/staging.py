@@ -24,11 +24,6 @@ class StagingError(Exception):
     """The proposal cannot be turned into a change (bad patch, bad path)."""
 
 
-def _tracked(git: GitWorkspace) -> list[str]:
-    out = git._git("ls-files", "-z")
-    return [p for p in out.split("\0") if p]
-
-
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -56,8 +51,7 @@ def _all_files(root: Path) -> set[str]:
 
 def stage(lab_root: Path, proposal: Proposal) -> list[Change]:
     """The changes `proposal` makes to the lab's tracked files, computed in a scratch copy."""
-    git = GitWorkspace(lab_root)
-    tracked = _tracked(git)
+    tracked = GitWorkspace(lab_root).tracked_files()
     with tempfile.TemporaryDirectory(prefix="charter-stage-") as tmp:
         scratch = Path(tmp) / "lab"
         scratch.mkdir()
