@@ -15,7 +15,7 @@ from controller import budgets
 from controller.control import ControllerUnreachable, request
 from controller.gates import GateMachine
 from controller.lab import Lab
-from controller.status import build_status, read_status
+from controller.status import build_status, read_status, session_progress
 from ledger import EventKind, Ledger, LedgerBusy
 
 STATUS_KINDS = [
@@ -50,24 +50,12 @@ def status_from_ledger(lab: Lab) -> dict[str, Any]:
     sid = start.session
     mine = [e for e in events if e.session == sid]
     ended = [e for e in mine if e.kind == EventKind.SESSION_ENDED]
-    baseline = best = best_commit = None
-    keeps = experiments = 0
-    for e in mine:
-        if e.kind == EventKind.PROPOSED:
-            experiments = max(experiments, e.experiment or 0)
-        if e.kind != EventKind.DECIDED:
-            continue
-        if e.decision == "baseline" and not e.payload.get("repair"):
-            baseline = best = e.val_bpb
-            best_commit = e.commit_sha
-        elif e.decision == "keep":
-            best, best_commit = e.val_bpb, e.commit_sha
-            keeps += 1
+    prog = session_progress(mine)
     end_ts = ended[-1].ts if ended else now
     usage = budgets.usage_from_events(mine, None, end_ts, started=start.ts)
     status = build_status(rules=rules, gate=gate, session_id=sid, tag=start.payload.get("tag"), branch=start.payload.get("branch"),
-                          started=start.ts, experiment=experiments, baseline=baseline, best=best, best_commit=best_commit,
-                          keeps=keeps, usage=usage, inflight=None, running=False, pid=None, now=now,
+                          started=start.ts, experiment=prog.experiments, baseline=prog.baseline_bpb, best=prog.best_bpb,
+                          best_commit=prog.best_commit, keeps=prog.keeps, usage=usage, inflight=None, running=False, pid=None, now=now,
                           gate_rule=rule, gate_evidence=evidence)
     status["session"]["ended"] = ended[-1].payload.get("reason") if ended else "not ended (the controller died; `charter run` resumes it)"
     return status

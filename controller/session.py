@@ -34,7 +34,7 @@ from controller.operators import restore_gate
 from controller.proposers import HistoryItem, Proposal, ProposalContext, Proposer
 from controller.runner import PrepareError, RunOutcome, Runner, verify_data
 from controller.staging import StagingError, apply_to_lab, stage, unified_diff
-from controller.status import build_status, write_status
+from controller.status import build_status, session_progress, write_status
 from ledger import Decision, EventKind, Ledger
 from ledger.verify import verify_chain
 
@@ -235,19 +235,14 @@ class Session:
     def _replay(self, evs) -> None:
         """Rebuild best/baseline/history of a session from its events (resume)."""
         s = self.state
+        prog = session_progress(evs)  # numbers are never reused, even for interrupted ones
+        s.experiment, s.baseline_bpb, s.best_bpb, s.best_commit, s.keeps = (
+            prog.experiments, prog.baseline_bpb, prog.best_bpb, prog.best_commit, prog.keeps)
         proposals = {e.experiment: e.payload for e in evs if e.kind == EventKind.PROPOSED}
-        s.experiment = max(proposals, default=0)  # numbers are never reused, even for interrupted ones
         for e in evs:
             if e.kind != EventKind.DECIDED:
                 continue
-            s.experiment = max(s.experiment, e.experiment or 0)
             p = e.payload
-            if e.decision == Decision.BASELINE and not p.get("repair"):
-                s.baseline_bpb = s.best_bpb = e.val_bpb
-                s.best_commit = e.commit_sha
-            elif e.decision == Decision.KEEP:
-                s.best_bpb, s.best_commit = e.val_bpb, e.commit_sha
-                s.keeps += 1
             prop = proposals.get(e.experiment, {})
             s.history.append(HistoryItem(prop.get("description", p.get("description", "")), str(e.decision), e.val_bpb, prop.get("source", ""), p.get("params"), p.get("improvement")))
 

@@ -11,14 +11,43 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from constitution import Constitution
 from controller import budgets
 
 STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a session stands, as its events say (pure; for resume and for status)."""
+
+    experiments: int = 0  # the highest experiment number proposed
+    baseline_bpb: float | None = None
+    best_bpb: float | None = None
+    best_commit: str | None = None
+    keeps: int = 0
+
+
+def session_progress(events: Iterable[Any]) -> Progress:
+    experiments, baseline, best, best_commit, keeps = 0, None, None, None, 0
+    for e in events:
+        kind = str(e.kind)
+        if kind in ("proposed", "decided"):
+            experiments = max(experiments, e.experiment or 0)
+        if kind != "decided":
+            continue
+        if e.decision == "baseline" and not e.payload.get("repair"):
+            baseline = best = e.val_bpb
+            best_commit = e.commit_sha
+        elif e.decision == "keep":
+            best, best_commit = e.val_bpb, e.commit_sha
+            keeps += 1
+    return Progress(experiments, baseline, best, best_commit, keeps)
 
 
 def build_status(*, rules: Constitution, gate, session_id, tag, branch, started: datetime | None, experiment: int,
