@@ -81,6 +81,9 @@ def test_reopen_continues_the_chain(ledger_path):
     (dict(actor=""), "actor"),
     (dict(actor=None), "actor"),
     (dict(session=5), "session"),
+    (dict(actor=["alice"]), "actor must be a non-empty string"),  # unhashable, so no set() shortcut
+    (dict(kind=["note"]), "unknown event kind"),
+    (dict(rule={"r": 1}), "rule must be a string or None"),
     (dict(decision="maybe"), "unknown decision"),
     (dict(experiment=True), "experiment"),
     (dict(experiment=2**63), "experiment"),
@@ -103,6 +106,13 @@ def test_bad_event_is_refused_and_nothing_is_written(ledger_path, bad, words):
         assert led.head()[0] == 1 and len(led.events()) == 1
         assert led.append(EventKind.NOTE, actor="controller").seq == 2  # still usable
         assert led.verify().ok
+
+
+def test_a_batch_item_that_is_not_a_draft_is_refused(ledger_path):
+    with Ledger.open(ledger_path) as led:
+        with pytest.raises(InvalidEvent, match="event 2 of the batch: expected a Draft, got dict"):
+            led.append_many(sample_drafts(2) + [{"kind": "note", "actor": "x"}])
+        assert led.head() is None
 
 
 def test_closed_ledger_refuses_use(ledger_path):
