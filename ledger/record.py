@@ -8,7 +8,8 @@ fields and the payload. Its hash is `sha256(prev_hash || body)` over the UTF-8 t
 whole history before it. The typed columns of the table are copies of body fields, and
 `ledger.verify` checks that they still agree with it. The body is built here by writing the
 fixed top-level keys in sorted order around canonically encoded values, which is byte-for-byte
-`canonical_json(whole event)` (tests hold us to that) at a fraction of its cost.
+`canonical_json(whole event)` (tests hold us to that) at a fraction of its cost. `seal_batch`
+seals a whole batch a column at a time (`SealedBatch`), which is how the ledger appends.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import repeat
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from constitution.canonical import canonical_json
@@ -30,9 +31,7 @@ from .events import Decision, EventKind
 
 GENESIS_HASH = "0" * 64
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the ts text in every body: UTC, microseconds, always 27 chars
-TYPED_FIELDS = ("experiment", "decision", "val_bpb", "gate_state", "rule", "commit_sha")
 _INT64 = (-(2**63), 2**63 - 1)
-_STRING_FIELDS = ("kind", "actor", "session", "decision", "gate_state", "rule", "commit_sha")
 
 # The body's top-level keys in sorted order, as canonical_json writes them.
 _BODY_TEMPLATE = (
@@ -107,10 +106,6 @@ def utc_now() -> datetime:
 def ts_text(ts: datetime) -> str:
     """The body's spelling of a UTC timestamp."""
     return ts.astimezone(timezone.utc).strftime(TS_FORMAT)
-
-
-def chain_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
 class SealedBatch(NamedTuple):
