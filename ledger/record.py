@@ -143,8 +143,8 @@ def seal(drafts: Iterable[Draft], first_seq: int, prev_hash: str, ts: datetime) 
 
 
 def seal_batch(drafts: Iterable[Draft], first_seq: int, prev_hash: str, ts: datetime) -> SealedBatch:
-    """`seal`, giving the events as columns. This is the ledger's hot path (>= 100k events/s), so
-    it works a column at a time: fields whose values repeat within a batch (kind, actor,
+    """`seal`, giving the events as columns. This is the ledger's hot path (docs/benchmarks.md
+    has its rate and where the time goes), so it works a column at a time: fields whose values repeat within a batch (kind, actor,
     session...) are checked and encoded once per distinct value, and the per-event work left is
     the payload's JSON, the body template and the sequential hash chain. When anything in the
     batch is wrong, the drafts are sealed again one by one to name the first bad one.
