@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.lab import find_lab, init_lab  # noqa: E402
-from controller.preparation import prepare_lab  # noqa: E402
+from controller.workspace.lab import find_lab, init_lab  # noqa: E402
+from controller.workspace.preparation import prepare_lab  # noqa: E402
 from controller.proposers import make_proposer  # noqa: E402
-from controller.session import Session  # noqa: E402
+from controller.session.loop import Session  # noqa: E402
 from ledger import EventKind, Ledger  # noqa: E402
 
 

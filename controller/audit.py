@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from controller.control import ControllerUnreachable, request
-from controller.lab import Lab
+from controller.live.server import ControllerUnreachable, request
+from controller.workspace.lab import Lab
 from ledger import Ledger, LedgerError, VerifyResult
 from ledger.query import open_readonly, run_readonly_query
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import constitution
 from controller import audit
-from controller.anchor import newest_anchor
-from controller.control import ControllerUnreachable, request
-from controller.git_workspace import GitError
-from controller.lab import Lab, LabError, find_lab, init_lab
+from controller.workspace.anchor import newest_anchor
+from controller.live.server import ControllerUnreachable, request
+from controller.workspace.git import GitError
+from controller.workspace.lab import Lab, LabError, find_lab, init_lab
 from controller.operators import format_status, lab_status, operator_command
-from controller.preparation import prepare_lab
+from controller.workspace.preparation import prepare_lab
 from controller.proposers import ProposerError, make_proposer
-from controller.runner import PrepareError
-from controller.session import Session, SessionRefused
+from controller.execution.runner import PrepareError
+from controller.session.loop import Session, SessionRefused
 from ledger import EventKind, Ledger, LedgerError
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from controller import budgets
-from controller.control import ControllerUnreachable, request
-from controller.gates import GateMachine
-from controller.lab import Lab
-from controller.status import build_status, read_status, session_progress
+from controller.policy import budgets
+from controller.live.server import ControllerUnreachable, request
+from controller.policy.gates import GateMachine
+from controller.workspace.lab import Lab
+from controller.live.status import build_status, read_status, session_progress
 from ledger import EventKind, Ledger, LedgerBusy
 
 STATUS_KINDS = [

@@ -232,7 +232,7 @@ FROM (
 )
 """
 
-# Usage is counted exactly as controller.budgets.usage_from_events does: experiments = decisions
+# Usage is counted exactly as controller.policy.budgets.usage_from_events does: experiments = decisions
 # that ran (baseline/keep/discard/crash/timeout, repair runs excluded); device seconds = training
 # plus evaluation wall seconds; wall hours from the session's start to its end (or now).
 _BUDGET_SHAPE = ('{"payload": {"rules": {"budgets": {"session": {"experiments": "DOUBLE", "device_seconds": "DOUBLE", '

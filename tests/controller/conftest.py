@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab import Lab, init_lab
-from controller.preparation import prepare_lab
+from controller.workspace.lab import Lab, init_lab
+from controller.workspace.preparation import prepare_lab
 
 # a tiny model and budgets so one experiment (train + evaluate) takes seconds on 2 cores
 TINY_TRAIN = dict(DEPTH="1", MODEL_DIM="32", HEAD_DIM="16", DEVICE_BATCH_SIZE="4", TOTAL_BATCH_SIZE="1024")

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import constitution
-from controller.budgets import Usage, burn, exhausted, usage_from_events
+from controller.policy.budgets import Usage, burn, exhausted, usage_from_events
 
 T0 = datetime(2026, 11, 23, 1, 0, tzinfo=timezone.utc)
 LIMITS = constitution.load_default().budgets.session

@@ -5,8 +5,8 @@ import os
 import duckdb
 import pytest
 
-from controller.anchor import write_anchor
-from controller.lab import find_lab
+from controller.workspace.anchor import write_anchor
+from controller.workspace.lab import find_lab
 from lab_helpers import charter
 from ledger import Ledger
 

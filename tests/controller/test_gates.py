@@ -5,7 +5,7 @@ from transitions import MachineError
 
 import constitution
 from constitution import GateState
-from controller.gates import GateMachine, Outcome, firing_rules, metric_value
+from controller.policy.gates import GateMachine, Outcome, firing_rules, metric_value
 
 RULES = constitution.load_default().gates.rules
 PROBATION = constitution.load_default().gates.probation_experiments

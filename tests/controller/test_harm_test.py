@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constitution
-from controller.harm_test import Change, Refusal, diff_line_count, harm_test
+from controller.policy.harm_test import Change, Refusal, diff_line_count, harm_test
 
 SCOPE = constitution.load_default().scope
 ALL_RULES = list(SCOPE.forbidden)

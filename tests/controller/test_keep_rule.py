@@ -2,7 +2,7 @@
 
 import math
 
-from controller.keep_rule import judge
+from controller.policy.keep_rule import judge
 
 
 def test_clear_improvement_is_kept():

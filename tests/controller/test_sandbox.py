@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import sandbox
-from controller.sandbox import SandboxSpec, SandboxUnavailable, detect_level, minimal_env, run, worker_prefix
+from controller.execution import sandbox
+from controller.execution.sandbox import SandboxSpec, SandboxUnavailable, detect_level, minimal_env, run, worker_prefix
 
 BWRAP = detect_level()[0] == "bubblewrap"
 needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")

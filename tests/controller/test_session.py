@@ -18,7 +18,7 @@ import pytest
 
 from lab_helpers import charter, queue_folder, with_constants
 from controller.proposers.queue import QueueProposer
-from controller.session import Session
+from controller.session.loop import Session
 from ledger import EventKind, Ledger
 
 

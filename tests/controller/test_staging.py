@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from controller.git_workspace import GitWorkspace
+from controller.workspace.git import GitWorkspace
 from controller.proposers import Proposal
-from controller.staging import StagingError, apply_to_lab, stage, unified_diff
+from controller.workspace.staging import StagingError, apply_to_lab, stage, unified_diff
 
 
 @pytest.fixture

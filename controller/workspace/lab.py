@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import constitution
-from controller.git_workspace import GitWorkspace
+from controller.workspace.git import GitWorkspace
 from ledger import EventKind, Ledger
 
 # trainer/ is installed beside controller/ (both from source and from a wheel)
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "trainer"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "trainer"
 
 GITIGNORE = """\
 # Charter's own state (ledger, runs, control socket) never enters the lab's history

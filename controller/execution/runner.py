@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from constitution import Constitution
-from controller import sandbox
-from controller.sandbox import SandboxResult, SandboxSpec
+from controller.execution import sandbox
+from controller.execution.sandbox import SandboxResult, SandboxSpec
 
 
 class PrepareError(Exception):

@@ -15,8 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from controller.git_workspace import GitWorkspace
-from controller.harm_test import Change
+from controller.workspace.git import GitWorkspace
+from controller.policy.harm_test import Change
 from controller.proposers.base import Proposal
 
 

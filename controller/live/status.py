@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from constitution import Constitution
-from controller import budgets
+from controller.policy import budgets
 
 STATUS_FILE = "status.json"
 

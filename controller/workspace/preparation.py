@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import constitution
-from controller.lab import Lab, LabError, file_sha256, set_pin
-from controller.runner import base_env, verify_data
+from controller.workspace.lab import Lab, LabError, file_sha256, set_pin
+from controller.execution.runner import base_env, verify_data
 from ledger import EventKind, Ledger
 
 

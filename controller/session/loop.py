@@ -24,17 +24,18 @@ from typing import Any
 
 import constitution
 from constitution import Constitution, GateState
-from controller import budgets, keep_rule, sandbox
-from controller.anchor import write_anchor
-from controller.control import ControlServer
-from controller.gates import GateMachine, Outcome, Transition, firing_rules
-from controller.harm_test import diff_line_count, harm_test
-from controller.lab import Lab, file_sha256
+from controller.execution import sandbox
+from controller.policy import budgets, keep_rule
+from controller.workspace.anchor import write_anchor
+from controller.live.server import ControlServer
+from controller.policy.gates import GateMachine, Outcome, Transition, firing_rules
+from controller.policy.harm_test import diff_line_count, harm_test
+from controller.workspace.lab import Lab, file_sha256
 from controller.operators import restore_gate
 from controller.proposers import HistoryItem, Proposal, ProposalContext, Proposer
-from controller.runner import PrepareError, RunOutcome, Runner, verify_data
-from controller.staging import StagingError, apply_to_lab, stage, unified_diff
-from controller.status import build_status, session_progress, write_status
+from controller.execution.runner import PrepareError, RunOutcome, Runner, verify_data
+from controller.workspace.staging import StagingError, apply_to_lab, stage, unified_diff
+from controller.live.status import build_status, session_progress, write_status
 from ledger import Decision, EventKind, Ledger
 from ledger.verify import verify_chain
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from controller.git_workspace import GitError
+from controller.workspace.git import GitError
 
 TAG_PREFIX = "charter-anchor/"
 MESSAGE = re.compile(r"ledger-anchor seq=(\d+) hash=([0-9a-f]{64})")
