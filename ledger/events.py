@@ -40,10 +40,17 @@ class EventKind(StrEnum):
     AMENDMENT_RATIFIED = "amendment_ratified"
     AMENDMENT_REJECTED = "amendment_rejected"
     AMENDMENT_APPLIED = "amendment_applied"
+    PROPOSER_FAILED = "proposer_failed"
 
 
 class Decision(StrEnum):
-    """Outcome of one experiment, as recorded in a `decided` event."""
+    """Outcome of one experiment, as recorded in a `decided` event.
+
+    The groups below are the one definition every reader uses (gates, budgets, reports, views):
+    `ran` = the experiment trained (it counts against budgets and gate windows); `failed` = it
+    ran and broke (crash or timeout: the change's own fault); `measured` = it has a val_bpb.
+    `interrupted` is none of these: the controller stopped, the change never finished running.
+    """
 
     BASELINE = "baseline"
     KEEP = "keep"
@@ -52,3 +59,25 @@ class Decision(StrEnum):
     TIMEOUT = "timeout"
     REFUSED = "refused"
     INTERRUPTED = "interrupted"
+
+    @property
+    def ran(self) -> bool:
+        return self in _RAN
+
+    @property
+    def failed(self) -> bool:
+        return self in _FAILED
+
+    @property
+    def measured(self) -> bool:
+        return self in _MEASURED
+
+    @classmethod
+    def group(cls, name: str) -> tuple[str, ...]:
+        """The values of one group (`ran`, `failed`, `measured`), e.g. for a SQL `IN (...)`."""
+        return tuple(d.value for d in cls if getattr(d, name))
+
+
+_RAN = frozenset({Decision.BASELINE, Decision.KEEP, Decision.DISCARD, Decision.CRASH, Decision.TIMEOUT})
+_FAILED = frozenset({Decision.CRASH, Decision.TIMEOUT})
+_MEASURED = frozenset({Decision.BASELINE, Decision.KEEP, Decision.DISCARD})

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from .errors import LedgerBusy, LedgerCorrupt, LedgerError, LedgerMissing, LedgerReadOnly, LedgerSchemaError
 from .events import Decision, EventKind
+from .payloads import Payload
 from .record import GENESIS_HASH, Draft, Event, from_body, seal_batch, utc_now
 from .schema import LATEST_VERSION, check_supported, current_version, migrate
 from .verify import VerifyResult, verify_chain
@@ -159,6 +160,10 @@ class Ledger:
         """Append one event and commit it; returns it with its seq, ts and hash."""
         draft = Draft(kind, actor, session, payload, experiment, decision, val_bpb, gate_state, rule, commit_sha)
         return self.append_many([draft])[0]
+
+    def record(self, payload: Payload, *, actor: str, session: str | None = None, **typed: Any) -> Event:
+        """Append one event whose payload is a typed `ledger.payloads` class (its kind is the class's)."""
+        return self.append(payload.KIND, actor=actor, session=session, payload=payload.to_json(), **typed)
 
     def append_many(self, drafts: Iterable[Draft]) -> list[Event]:
         """Append drafts in one transaction (all or nothing); they share one timestamp."""
