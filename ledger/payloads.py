@@ -48,6 +48,15 @@ class Payload:
         return out
 
     @classmethod
+    def strict(cls, data: Mapping[str, Any]):
+        """Like `from_json`, but a key the class does not know is an error (for writers and fixtures)."""
+        known = {cls.JSON_KEYS.get(f.name, f.name) for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+        return cls.from_json(data)
+
+    @classmethod
     def from_json(cls, data: Mapping[str, Any] | None):
         data = data or {}
         hints = _hints(cls)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LedgerError
+from .events import Decision
 from .views import ensure_views
 
 CANNED_QUERIES: dict[str, str] = {
@@ -34,7 +35,8 @@ CANNED_QUERIES: dict[str, str] = {
     "decision_counts": "SELECT decision, count(*) AS n FROM experiments WHERE session = $session GROUP BY decision ORDER BY decision",
 }
 
-FAILED = ("crash", "timeout", "interrupted")
+# the section of runs that did not finish: failed ones (the change's fault) and interrupted ones
+UNFINISHED = (*Decision.group("failed"), Decision.INTERRUPTED.value)
 
 
 class ReportError(LedgerError):
@@ -233,7 +235,7 @@ def render_markdown(data: dict[str, Any], chart_name: str, diff_lines: int = 80)
     out += _table("Discards", "| exp | description | val_bpb | improvement | reason |", "|---:|---|---:|---:|---|",
                   [_discard_row(e) for e in exps if e["decision"] == "discard"], "None.")
     out += _table("Crashes, timeouts and interruptions", "| exp | decision | description | peak RSS MB | reason |",
-                  "|---:|---|---|---:|---|", [_failed_row(e) for e in exps if e["decision"] in FAILED], "None.")
+                  "|---:|---|---|---:|---|", [_failed_row(e) for e in exps if e["decision"] in UNFINISHED], "None.")
     out += _table("Refusals (harm test)", "| exp | rule | where | hard | evidence |", "|---:|---|---|---|---|",
                   [_refusal_row(r) for r in data["refusals"]], "None.")
     out += _table("Gate history", "| seq | time (UTC) | from | to | rule | by | evidence |", "|---:|---|---|---|---|---|---|",

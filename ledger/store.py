@@ -219,14 +219,17 @@ class Ledger:
             self._open_con()
             return self._head
 
-    def events(self, since_seq: int = 0, kinds: Iterable[EventKind | str] | None = None) -> list[Event]:
-        """Events with seq > since_seq in seq order, optionally only of the given kinds."""
+    def events(self, since_seq: int = 0, kinds: Iterable[EventKind | str] | None = None, limit: int | None = None) -> list[Event]:
+        """Events with seq > since_seq in seq order, optionally only of the given kinds, at most `limit`."""
         sql = "SELECT body, prev_hash, hash FROM events WHERE seq > ?"
         params: list[Any] = [since_seq]
         if kinds is not None:
             sql += " AND list_contains(?, kind)"
             params.append([EventKind(k).value for k in kinds])
         sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
         with self._lock:
             rows = self._query(sql, params)
         out = []

@@ -13,7 +13,38 @@ documents every column in one sentence; `docs/auditing.md` is written from it
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from constitution.schema import PeriodBudget
+
+from . import payloads as P
+from .events import Decision
+
+# Every payload key a view reads is named here, through the event contract (`ledger.payloads`):
+# a key that no writer writes fails at import, so views and writers cannot drift apart.
+_STARTED = P.json_shape((P.SessionStarted, ("tag", "branch", "proposer", "isolation", "constitution_hash")))
+_ENDED = P.json_shape((P.SessionEnded, ("reason",)))
+_STEPS = P.json_shape(
+    (P.Proposed, ("description", "hypothesis", "source", "parent_commit")),
+    (P.Committed, ("parent", "diff")),
+    (P.TrainingFinished, ("wall_seconds", "peak_rss_mb")),
+    (P.Decided, ("reason", "improvement", "description", "source")),
+)
+_REFUSED = P.json_shape((P.HarmRefused, ("refusals",)))
+_TRANSITION = P.json_shape((P.GateTransition, ("from_state", "to_state", "rule", "evidence", "by")))
+_USAGE_SHAPE = P.json_shape(
+    (P.Decided, ("repair",)),
+    (P.TrainingFinished, ("wall_seconds",)),
+    (P.AgentCall, ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "dollars")),
+)
+_BUDGET_SHAPE = json.dumps({"payload": {"rules": {"budgets": {"session": {name: "DOUBLE" for name in PeriodBudget.model_fields}}}}})
+_CONSTITUTION = P.json_shape(
+    (P.ConstitutionLoaded, ("version", "hash", "reason")),
+    (P.LabCreated, ("constitution_version", "constitution_hash")),
+    (P.AmendmentApplied, ("amendment_id",)),
+)
+_RAN = ", ".join(f"'{d}'" for d in Decision.group("ran"))
 
 VIEW_SUMMARIES: dict[str, str] = {
     "sessions": "One row per session (a `session_started` event), summarised from its events.",
@@ -114,17 +145,15 @@ VIEW_DOCS: dict[str, dict[str, str]] = {
 # (absent keys and values of the wrong type become NULL). Filters on the typed `kind` column come
 # first so only the events a view needs are parsed.
 
-_SESSIONS = """
+_SESSIONS = f"""
 CREATE OR REPLACE TEMP VIEW sessions AS
 WITH started AS (
-    SELECT session, seq, ts,
-           from_json(body, '{"payload": {"tag": "VARCHAR", "branch": "VARCHAR", "proposer": "VARCHAR",
-                                          "isolation": "VARCHAR", "constitution_hash": "VARCHAR"}}').payload AS p
+    SELECT session, seq, ts, from_json(body, '{_STARTED}').payload AS p
     FROM events
     WHERE kind = 'session_started'
 ), ended AS (
     SELECT session, max(ts) AS ended,
-           arg_max(from_json(body, '{"payload": {"reason": "VARCHAR"}}').payload.reason, seq) AS end_reason
+           arg_max(from_json(body, '{_ENDED}').payload.reason, seq) AS end_reason
     FROM events
     WHERE kind = 'session_ended'
     GROUP BY session
@@ -154,7 +183,7 @@ LEFT JOIN gate g USING (session)
 ORDER BY s.seq
 """
 
-_EXPERIMENTS = """
+_EXPERIMENTS = f"""
 CREATE OR REPLACE TEMP VIEW experiments AS
 WITH steps AS (
     SELECT seq, ts, session, experiment, kind, decision, val_bpb, gate_state, commit_sha, body,
@@ -166,10 +195,7 @@ WITH steps AS (
       AND experiment IS NOT NULL
 ), parsed AS (
     SELECT *,
-           from_json(body, '{"payload": {"description": "VARCHAR", "hypothesis": "VARCHAR", "source": "VARCHAR",
-                                          "parent_commit": "VARCHAR", "parent": "VARCHAR", "diff": "VARCHAR",
-                                          "wall_seconds": "DOUBLE", "peak_rss_mb": "DOUBLE", "reason": "VARCHAR",
-                                          "improvement": "DOUBLE"}}').payload AS p
+           from_json(body, '{_STEPS}').payload AS p
     FROM steps
     WHERE decided_seq IS NOT NULL
 )
@@ -177,15 +203,15 @@ SELECT decided_seq AS seq,
        max(ts) FILTER (WHERE kind = 'decided') AS ts,
        session,
        experiment,
-       coalesce(arg_max(p.description, seq) FILTER (WHERE kind = 'proposed'),
+       coalesce(nullif(arg_max(p.description, seq) FILTER (WHERE kind = 'proposed'), ''),
                 arg_max(p.description, seq) FILTER (WHERE kind = 'decided')) AS description,
-       arg_max(p.hypothesis, seq) FILTER (WHERE kind = 'proposed') AS hypothesis,
-       coalesce(arg_max(p.source, seq) FILTER (WHERE kind = 'proposed'),
+       nullif(arg_max(p.hypothesis, seq) FILTER (WHERE kind = 'proposed'), '') AS hypothesis,
+       coalesce(nullif(arg_max(p.source, seq) FILTER (WHERE kind = 'proposed'), ''),
                 arg_max(p.source, seq) FILTER (WHERE kind = 'decided')) AS source,
        arg_max(val_bpb, seq) FILTER (WHERE kind = 'decided') AS val_bpb,
        arg_max(decision, seq) FILTER (WHERE kind = 'decided') AS decision,
        arg_max(p.reason, seq) FILTER (WHERE kind = 'decided') AS reason,
-       coalesce(arg_max(p.parent_commit, seq) FILTER (WHERE kind = 'proposed'),
+       coalesce(nullif(arg_max(p.parent_commit, seq) FILTER (WHERE kind = 'proposed'), ''),
                 arg_max(p.parent, seq) FILTER (WHERE kind = 'committed')) AS parent_commit,
        coalesce(arg_max(commit_sha, seq) FILTER (WHERE kind = 'committed'),
                 arg_max(commit_sha, seq) FILTER (WHERE kind = 'decided' AND decision = 'baseline')) AS candidate_commit,
@@ -201,45 +227,39 @@ GROUP BY decided_seq, session, experiment
 ORDER BY seq
 """
 
-_REFUSALS = """
+_REFUSALS = f"""
 CREATE OR REPLACE TEMP VIEW refusals AS
 SELECT seq, ts, session, experiment,
        r.rule AS rule, r.path AS path, r.line AS line, r.evidence AS evidence,
        coalesce(r.hard, false) AS hard
 FROM (
     SELECT seq, ts, session, experiment,
-           unnest(from_json(body, '{"payload": {"refusals": [{"rule": "VARCHAR", "path": "VARCHAR", "line": "BIGINT",
-                                                              "evidence": "VARCHAR", "hard": "BOOLEAN"}]}}').payload.refusals) AS r
+           unnest(from_json(body, '{_REFUSED}').payload.refusals) AS r
     FROM events
     WHERE kind = 'harm_refused'
 )
 """
 
-_GATE_TRANSITIONS = """
+_GATE_TRANSITIONS = f"""
 CREATE OR REPLACE TEMP VIEW gate_transitions AS
 SELECT seq, ts, session,
        p."from" AS from_state,
-       coalesce(p."to", gate_state) AS to_state,
-       coalesce(p.rule, rule) AS rule,
+       coalesce(nullif(p."to", ''), gate_state) AS to_state,
+       coalesce(nullif(p.rule, ''), rule) AS rule,
        p.evidence AS evidence,
-       coalesce(p.by, actor) AS who
+       coalesce(nullif(p.by, ''), actor) AS who
 FROM (
     SELECT seq, ts, session, gate_state, rule, actor,
-           from_json(body, '{"payload": {"from": "VARCHAR", "to": "VARCHAR", "rule": "VARCHAR",
-                                          "evidence": "VARCHAR", "by": "VARCHAR"}}').payload AS p
+           from_json(body, '{_TRANSITION}').payload AS p
     FROM events
     WHERE kind = 'gate_transition'
 )
 """
 
-# Usage is counted exactly as controller.policy.budgets.usage_from_events does: experiments = decisions
-# that ran (baseline/keep/discard/crash/timeout, repair runs excluded); device seconds = training
-# plus evaluation wall seconds; wall hours from the session's start to its end (or now).
-_BUDGET_SHAPE = ('{"payload": {"rules": {"budgets": {"session": {"experiments": "DOUBLE", "device_seconds": "DOUBLE", '
-                 '"wall_hours": "DOUBLE", "agent_tokens": "DOUBLE", "agent_dollars": "DOUBLE", "disk_mb": "DOUBLE"}}}}}')
-
-_USAGE_SHAPE = ('{"payload": {"repair": "BOOLEAN", "wall_seconds": "DOUBLE", "input_tokens": "DOUBLE", '
-                '"output_tokens": "DOUBLE", "dollars": "DOUBLE"}}')
+# Usage is counted exactly as controller.policy.budgets.usage_from_events does (a contract test
+# holds them together): experiments = decisions that ran (Decision.group("ran"), repair runs
+# excluded); device seconds = training plus evaluation wall seconds; agent tokens = every token of
+# every agent call, cached ones included; wall hours from the session's start to its end (or now).
 
 _BUDGETS = f"""
 CREATE OR REPLACE TEMP VIEW budgets AS
@@ -255,10 +275,11 @@ WITH parsed AS (
            min(seq) FILTER (WHERE kind = 'session_started') AS start_seq,
            min(ts) FILTER (WHERE kind = 'session_started') AS started,
            max(ts) FILTER (WHERE kind = 'session_ended') AS ended,
-           count(*) FILTER (WHERE kind = 'decided' AND decision IN ('baseline', 'keep', 'discard', 'crash', 'timeout')
+           count(*) FILTER (WHERE kind = 'decided' AND decision IN ({_RAN})
                             AND NOT coalesce(p.repair, false)) AS experiments,
            coalesce(sum(p.wall_seconds) FILTER (WHERE kind IN ('training_finished', 'evaluated')), 0) AS device_seconds,
-           coalesce(sum(coalesce(p.input_tokens, 0) + coalesce(p.output_tokens, 0)) FILTER (WHERE kind = 'agent_call'), 0) AS agent_tokens,
+           coalesce(sum(coalesce(p.input_tokens, 0) + coalesce(p.output_tokens, 0) + coalesce(p.cache_read_tokens, 0)
+                        + coalesce(p.cache_write_tokens, 0)) FILTER (WHERE kind = 'agent_call'), 0) AS agent_tokens,
            coalesce(sum(p.dollars) FILTER (WHERE kind = 'agent_call'), 0) AS agent_dollars,
            arg_max(body, seq) FILTER (WHERE kind = 'constitution_loaded' AND strpos(body, '"rules":') > 0) AS own_body
     FROM parsed
@@ -290,21 +311,19 @@ FROM (
 )
 """
 
-_CONSTITUTIONS = """
+_CONSTITUTIONS = f"""
 CREATE OR REPLACE TEMP VIEW constitutions AS
 SELECT seq, ts, session,
-       CAST(coalesce(p.version, p.new_version, p.constitution_version) AS BIGINT) AS version,
-       coalesce(p.hash, p.new_hash, p.constitution_hash) AS hash,
+       CAST(coalesce(nullif(p.version, 0), p.constitution_version) AS BIGINT) AS version,
+       coalesce(nullif(p.hash, ''), p.constitution_hash) AS hash,
        CASE kind
            WHEN 'lab_created' THEN 'lab created'
-           WHEN 'amendment_applied' THEN coalesce('amendment applied: ' || coalesce(p.amendment_id, p.id), 'amendment applied')
-           ELSE coalesce(p.reason, CASE WHEN session IS NOT NULL THEN 'loaded at session start' ELSE 'loaded' END)
+           WHEN 'amendment_applied' THEN coalesce('amendment applied: ' || p.amendment_id, 'amendment applied')
+           ELSE coalesce(nullif(p.reason, ''), CASE WHEN session IS NOT NULL THEN 'loaded at session start' ELSE 'loaded' END)
        END AS reason
 FROM (
     SELECT seq, ts, session, kind,
-           from_json(body, '{"payload": {"version": "BIGINT", "new_version": "BIGINT", "constitution_version": "BIGINT",
-                                          "hash": "VARCHAR", "new_hash": "VARCHAR", "constitution_hash": "VARCHAR",
-                                          "reason": "VARCHAR", "amendment_id": "VARCHAR", "id": "VARCHAR"}}').payload AS p
+           from_json(body, '{_CONSTITUTION}').payload AS p
     FROM events
     WHERE kind IN ('lab_created', 'constitution_loaded', 'amendment_applied')
 )
