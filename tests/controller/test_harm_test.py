@@ -1,5 +1,7 @@
 """The harm test: hostile edits are refused by the right rule with evidence, benign edits pass."""
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constitution
+from controller.policy import harm_test as harm_test_module
 from controller.policy.harm_test import Change, Refusal, diff_line_count, harm_test
 
 SCOPE = constitution.load_default().scope
@@ -236,13 +239,45 @@ def test_source_encoding_trick_refused():
     assert r.rule == "syntax" and "utf-7" in r.evidence
 
 
-def test_deep_nesting_and_weird_input_do_not_raise():
+def test_deep_nesting_and_weird_input_are_judged():
     deep = "x = " + "(" * 5000 + "1" + ")" * 5000 + "\n"
     long_chain = "x = " + " + ".join(["1"] * 20000) + "\n"
-    for text in (deep, long_chain, "", "\ufeffx = 1\n", "\r\n\r\n", "\f"):
+    for text in (deep, long_chain):  # more than the parser can take: refused as syntax, not passed
         refusals = harm_test([Change("train.py", "M", BASE, text)], SCOPE)
-        assert all(isinstance(r, Refusal) for r in refusals)
-    assert harm_test([Change("train.py", "M", BASE, deep)], SCOPE)[0].rule == "syntax"
+        assert [(r.rule, r.path) for r in refusals] == [("syntax", "train.py")], refusals
+    for text in ("", "\ufeffx = 1\n", "\r\n\r\n", "\f"):  # odd but valid Python with nothing forbidden
+        assert harm_test([Change("train.py", "M", BASE, text)], SCOPE) == [], repr(text)
+
+
+class _UnreadableStr(str):
+    """A path that raises when searched: stands in for any input the checks themselves choke on."""
+
+    def __contains__(self, item):
+        raise RuntimeError("cannot be read")
+
+
+def test_input_that_breaks_the_checks_is_refused_not_passed():
+    path = _UnreadableStr("train.py")
+    assert [(r.rule, r.path, r.evidence) for r in harm_test([Change(path, "M", BASE, BASE)], SCOPE)] == \
+        [("syntax", "train.py", "cannot be judged (RuntimeError)")]
+
+
+def test_internal_error_in_the_analysis_is_refused_not_passed(monkeypatch):
+    benign = [Change("train.py", "M", BASE, BASE.replace("DEPTH = 2", "DEPTH = 3"))]
+    assert harm_test(benign, SCOPE) == []
+
+    def broken(self):
+        raise ValueError("analyzer bug")
+
+    monkeypatch.setattr(harm_test_module._Analyzer, "run", broken)
+    refusals = harm_test(benign, SCOPE)
+    assert [(r.rule, r.path, r.evidence) for r in refusals] == [("syntax", "train.py", "cannot be judged (ValueError)")]
+
+
+def test_diff_that_cannot_be_measured_is_refused_not_passed():
+    # old text that is not text at all: the diff size cannot be counted, so the size limit cannot be checked
+    refusals = harm_test([Change("train.py", "M", 7, "x = 1\n")], SCOPE)
+    assert [(r.rule, r.evidence) for r in refusals] == [("diff_size", "diff cannot be measured (AttributeError)")]
 
 
 def test_oversize_diff_refused():
@@ -364,15 +399,57 @@ def test_one_refusal_per_rule_and_line():
     assert len([r for r in refusals if r.rule == "subprocess"]) == 1
 
 
-# ---- never raises ----------------------------------------------------------------------------
+# ---- random input: judged, and passed only where a pass is right --------------------------------
+
+CODING_COOKIE = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")  # PEP 263
+
+
+def parses(text: str) -> bool:
+    try:
+        ast.parse(text.removeprefix("\ufeff"))
+    except Exception:
+        return False
+    return True
+
+
+def foreign_cookie(text: str) -> bool:
+    """A PEP 263 coding line other than UTF-8 in the first two lines."""
+    return any((m := CODING_COOKIE.match(line)) and m.group(1).lower() not in {"utf-8", "utf8", "utf_8", "ascii",
+                                                                              "us-ascii", "utf-8-sig"}
+               for line in text.splitlines()[:2])
+
+
+# an int stands for a text side that is not text at all (a caller's bug): harm_test must refuse, not pass
+texts = st.one_of(st.none(), st.text(max_size=300), st.integers(min_value=1))
+
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.text(max_size=30), status=st.sampled_from(["A", "M", "D", "R", ""]),
-       old=st.one_of(st.none(), st.text(max_size=300)), new=st.one_of(st.none(), st.text(max_size=300)),
+@given(path=st.one_of(st.just("train.py"), st.text(max_size=30).filter(lambda p: "train.py" not in p)),
+       status=st.sampled_from(["A", "M", "D", "R", ""]), old=texts, new=texts,
        symlink=st.booleans(), mode=st.booleans())
-def test_random_input_never_raises(path, status, old, new, symlink, mode):
+def test_random_input_is_refused_by_the_right_rule(path, status, old, new, symlink, mode):
     refusals = harm_test([Change(path, status, old, new, symlink, mode)], SCOPE)
-    assert all(isinstance(r, Refusal) for r in refusals)
+    rules = {r.rule for r in refusals}
+    in_scope, deleted = path == "train.py", status == "D"
+    unmeasurable = isinstance(old, int) or isinstance(new, int)
+    if not in_scope:
+        assert "scope" in rules
+    elif symlink and not deleted:
+        assert "symlink" in rules
+    elif not deleted and mode:
+        assert "scope" in rules
+    elif not deleted and not isinstance(new, str):
+        assert "binary" in rules
+    elif not deleted and "\x00" in new:
+        assert "binary" in rules
+    if unmeasurable:
+        assert "diff_size" in rules
+    clean_edit = deleted or (not symlink and not mode and isinstance(new, str) and "\x00" not in new)
+    if in_scope and not deleted and clean_edit and not parses(new) and "binary" not in rules:
+        assert "syntax" in rules  # an edit that does not parse is never passed
+    if refusals == []:
+        assert in_scope and clean_edit and not unmeasurable
+        assert deleted or parses(new)
 
 
 python_ish = st.lists(st.sampled_from([
@@ -384,6 +461,14 @@ python_ish = st.lists(st.sampled_from([
 
 @settings(max_examples=300, deadline=None)
 @given(old=python_ish, new=python_ish)
-def test_random_python_ish_text_never_raises(old, new):
+def test_random_python_ish_text_is_refused_by_the_right_rule(old, new):
     refusals = harm_test([Change("train.py", "M", old, new)], SCOPE)
-    assert all(isinstance(r, Refusal) for r in refusals)
+    rules = [r.rule for r in refusals]
+    if "\x00" in new:
+        assert rules == ["binary"]
+    elif foreign_cookie(new) or not parses(new):
+        assert rules == ["syntax"]  # nothing unparsable passes, and nothing else is guessed at
+    else:
+        assert "syntax" not in rules and "binary" not in rules
+        # only what a change adds is judged: the same text as the baseline is never refused
+        assert harm_test([Change("train.py", "M", new, new)], SCOPE) == []

@@ -72,18 +72,34 @@ def test_never_repeats_a_tried_configuration():
 
 
 def test_learns_to_prefer_moves_that_paid():
+    # The same experiments twice, with the same seed and experiment numbers: once where the warmdown
+    # move paid and the width move hurt, once (the control) where neither changed anything. Moves,
+    # counts and tried configurations are identical, so any difference in what gets proposed comes
+    # from the improvements alone, i.e. from learning.
     base = {k: c.value for k, c in parse_constants(TRAIN).items()}
-    history = [HistoryItem("baseline", "baseline", 1.8, "baseline", base, None)]
-    for lr in (6e-3, 1.2e-2):  # learning-rate moves paid off
-        params = dict(base, LEARNING_RATE=lr)
-        history.append(HistoryItem("lr up", "keep", 1.7, "offline", params, 0.08))
-        base = params
-    for depth in (3.0, 1.0):  # depth moves hurt
-        history.append(HistoryItem("depth", "discard", 1.9, "offline", dict(base, DEPTH=depth), -0.1))
-    picks = [OfflineProposer(seed=s).propose(ctx(history, experiment=9)).description for s in range(60)]
-    lr = sum("LEARNING_RATE" in d for d in picks)
-    depth = sum("DEPTH" in d for d in picks)
-    assert lr > 2 * depth and lr > len(picks) / 3
+    kept = dict(base, WARMDOWN_RATIO=0.2)
+    text = TRAIN.replace("WARMDOWN_RATIO = 0.1 ", "WARMDOWN_RATIO = 0.2 ")
+    assert parse_constants(text)["WARMDOWN_RATIO"].value == 0.2
+
+    def history(warmdown_gain, width_gain):
+        return [HistoryItem("baseline", "baseline", 1.8, "baseline", base, None),
+                HistoryItem("warmdown up", "keep", 1.75, "offline", kept, warmdown_gain),
+                HistoryItem("wider", "discard", 1.9, "offline", dict(kept, MODEL_DIM=256.0), width_gain)]
+
+    def moved(hist):
+        """How often the warmdown and the width knob are moved over 200 experiment numbers."""
+        warmdown = width = 0
+        for experiment in range(1, 201):
+            p = OfflineProposer(seed=0).propose(ctx(hist, experiment=experiment, text=text))
+            warmdown += p.params["WARMDOWN_RATIO"] != kept["WARMDOWN_RATIO"]
+            width += p.params["MODEL_DIM"] != kept["MODEL_DIM"]
+        return warmdown, width
+
+    paid_warmdown, paid_width = moved(history(0.05, -0.1))
+    control_warmdown, control_width = moved(history(0.0, 0.0))
+    assert paid_warmdown >= 2 * control_warmdown and paid_warmdown - control_warmdown >= 20, \
+        (paid_warmdown, control_warmdown)
+    assert paid_width < control_width, (paid_width, control_width)
 
 
 def test_queue_takes_entries_in_name_order_and_skips_consumed(tmp_path):

@@ -91,6 +91,23 @@ def prepared(tmp_path_factory):
     return dict(base=base, corpus=corpus, cache=cache, lab=lab, env=env, prepare=prep)
 
 
+def _cache_state(cache):
+    """Every path under the cache with its size and modification time (cheap: no reading)."""
+    return sorted((str(p.relative_to(cache)), p.stat().st_size, p.stat().st_mtime_ns) for p in cache.rglob("*"))
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache_is_left_untouched(request):
+    """A test that uses the shared prepared cache must leave it as it found it (damage goes to private_cache)."""
+    if "prepared" not in request.fixturenames:
+        yield
+        return
+    cache = request.getfixturevalue("prepared")["cache"]
+    before = _cache_state(cache)
+    yield
+    assert _cache_state(cache) == before, "this test changed the shared prepared cache: use private_cache"
+
+
 @pytest.fixture
 def private_cache(prepared, tmp_path):
     """A copy of the prepared cache that a test may damage."""

@@ -163,12 +163,15 @@ def test_worker_prefix_is_used(honest, prepared, tmp_path):
     assert res["val_bpb"] == honest["result"]["val_bpb"]
 
 
-def test_train_then_evaluate_end_to_end(prepared, tmp_path):
-    """A short real training run, with the validation split moved away while it trains."""
+def test_train_then_evaluate_end_to_end(private_cache, tmp_path):
+    """A short real training run, with the validation split moved away while it trains.
+
+    The split is moved in this test's own copy of the cache, never in the shared one."""
+    cache, _ = private_cache
     lab = make_lab(tmp_path / "lab")
-    env = lab_env(prepared["cache"], RUN_DIR=str(tmp_path / "run"))
-    val = prepared["cache"] / "data" / "val"
-    hidden = prepared["cache"] / "data" / "val.hidden"
+    env = lab_env(cache, RUN_DIR=str(tmp_path / "run"))
+    val = cache / "data" / "val"
+    hidden = cache / "data" / "val.hidden"
     val.rename(hidden)
     try:
         r = run(["train.py"], lab, env)
