@@ -1,34 +1,40 @@
 """The auditor's commands, one path whether or not a session is running.
 
 DuckDB lets no other process open the ledger while the controller writes it, so each auditor
-request first asks the lab's running controller (which answers on a cursor of its own
-connection: a reader never blocks a write); with none running it opens the file itself,
-read-only with file and network access off. Both paths run the same functions of `ledger`.
+request first asks the lab's running controller over the live channel (it answers on a cursor of
+its own connection: a reader never blocks a write); with none running it opens the file itself,
+read-only with file and network access off. Both paths run the same functions of `ledger`, and a
+refusal on either is a `LedgerError` with one line for a person.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from controller.live.server import ControllerUnreachable, request
+from controller.live.client import ControllerUnreachable, LiveClient, RequestRefused
 from controller.workspace.lab import Lab
 from ledger import Ledger, LedgerError, VerifyResult
-from ledger.query import open_readonly, run_readonly_query
+from ledger.query import QueryRefused, open_readonly, run_readonly_query
+
+T = TypeVar("T")
 
 
-def _live(lab: Lab, message: dict[str, Any]) -> dict[str, Any] | None:
+def _live(lab: Lab, call: Callable[[LiveClient], T]) -> T | None:
+    """`call` answered by the lab's running controller; None when no controller runs."""
     try:
-        reply = request(lab.state_dir, message, timeout=120)
+        return call(LiveClient(lab.state_dir, timeout=120))
     except ControllerUnreachable:
         return None
-    if not reply.get("ok"):
-        raise LedgerError(reply.get("error", "the controller refused the request"))
-    return reply
+    except RequestRefused as e:
+        raise LedgerError(str(e)) from None
 
 
 def query(lab: Lab, sql: str, limit: int = 10000) -> dict[str, Any]:
-    reply = _live(lab, {"op": "query", "sql": sql, "limit": limit})
+    if limit < 0:  # checked before either path, so both refuse it the same way
+        raise QueryRefused(f"query refused: the row limit must be 0 or more, got {limit}.")
+    reply = _live(lab, lambda c: c.query(sql, limit=limit))
     if reply is not None:
         return reply
     con = open_readonly(lab.ledger_path)
@@ -40,19 +46,18 @@ def query(lab: Lab, sql: str, limit: int = 10000) -> dict[str, Any]:
 
 def verify(lab: Lab, anchor: tuple[int, str] | None) -> VerifyResult:
     """The chain check; during a session on a cursor of the controller's connection."""
-    reply = _live(lab, {"op": "verify", "anchor": list(anchor) if anchor else None})
+    reply = _live(lab, lambda c: c.verify(anchor))
     if reply is not None:
-        r = reply["result"]
-        return VerifyResult(r["ok"], r["count"], tuple(r["head"]) if r["head"] else None, r["bad_seq"], r["problem"])
+        return reply
     with Ledger.open(lab.ledger_path, read_only=True, wait_s=5) as led:
         return led.verify(anchor=anchor)
 
 
 def report(lab: Lab, out: Path, session: str | None = None) -> tuple[Path, Path]:
-    reply = _live(lab, {"op": "report", "out": str(out), "session": session})
+    reply = _live(lab, lambda c: c.report(out, session=session))
     if reply is not None:
-        return Path(reply["markdown"]), Path(reply["chart"])
-    from ledger.report import write_report
+        return reply
+    from ledger.report import write_report  # pulls in matplotlib: import on use
     con = open_readonly(lab.ledger_path)
     try:
         return write_report(con, out, session=session)
@@ -61,9 +66,9 @@ def report(lab: Lab, out: Path, session: str | None = None) -> tuple[Path, Path]
 
 
 def export(lab: Lab, out: Path, fmt: str, session: str | None = None) -> list[Path]:
-    reply = _live(lab, {"op": "export", "out": str(out), "format": fmt, "session": session})
+    reply = _live(lab, lambda c: c.export(out, fmt, session=session))
     if reply is not None:
-        return [Path(p) for p in reply["paths"]]
+        return reply
     from ledger.export import export_views
     con = open_readonly(lab.ledger_path)
     try:
