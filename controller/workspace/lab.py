@@ -11,12 +11,16 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
 import constitution
 from controller.workspace.git import GitWorkspace
-from ledger import EventKind, Ledger
+from ledger import Ledger, payloads
 
 # trainer/ is installed beside controller/ (both from source and from a wheel)
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "trainer"
@@ -79,23 +83,34 @@ def template_files() -> dict[str, bytes]:
     return files
 
 
-def pin_immutable(text: str, pins: dict[str, str]) -> str:
-    """Fill the sha256 of each immutable file into the constitution text, keeping comments."""
-    for path, digest in pins.items():
-        pattern = re.compile(r'^(\s*"' + re.escape(path) + r'"\s*=\s*)"[0-9a-f]*"', re.MULTILINE)
-        text, n = pattern.subn(lambda m: f'{m.group(1)}"{digest}"', text, count=1)
-        if n != 1:
-            raise LabError(f"constitution has no [evaluation.immutable] entry for {path!r} to pin")
-    return text
+def _toml_key(path: tuple[str, ...]) -> str:
+    """A key path as TOML writes it: bare parts plain, others quoted (evaluation.immutable."prepare.py")."""
+    return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else f'"{p}"' for p in path)
 
 
-def set_pin(text: str, key: str, digest: str) -> str:
-    """Set a top-level `key = "..."` pin (data_hash, tokenizer_hash) in constitution text."""
-    pattern = re.compile(r'^(\s*' + re.escape(key) + r'\s*=\s*)"[0-9a-f]*"', re.MULTILINE)
-    text, n = pattern.subn(lambda m: f'{m.group(1)}"{digest}"', text, count=1)
-    if n != 1:
-        raise LabError(f"constitution has no {key} line to pin")
-    return text
+def set_pins(text: str, pins: dict[tuple[str, ...], str]) -> str:
+    """Set existing string pins in constitution text, keeping every comment and the layout.
+
+    `pins` maps a key path to its new value, e.g. `{("evaluation", "immutable", "prepare.py"): digest,
+    ("evaluation", "data_hash"): digest}`. A key path is a tuple, not a dotted string, because file
+    names such as "prepare.py" contain dots. tomlkit edits the parsed document in place, so only the
+    pinned values change; a key the constitution lacks is an error, never added silently (a missing
+    pin means the text is not the constitution the caller thinks it is).
+    """
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as e:
+        raise LabError(f"constitution is not valid TOML ({e})") from None
+    for path, value in pins.items():
+        table = doc
+        for part in path[:-1]:
+            table = table.get(part) if isinstance(table, Mapping) else None
+        current = table.get(path[-1]) if isinstance(table, Mapping) else None
+        if not isinstance(current, str):
+            what = "no" if current is None else "a non-string"
+            raise LabError(f"constitution has {what} {_toml_key(path)} entry to pin")
+        table[path[-1]] = value
+    return tomlkit.dumps(doc)
 
 
 def init_lab(root: str | Path, actor: str = "operator") -> Lab:
@@ -132,7 +147,7 @@ def _populate(lab: Lab, actor: str) -> Lab:
     missing = [p for p in immutable if not (root / p).is_file()]
     if missing:
         raise LabError(f"the trainer template lacks immutable file(s): {', '.join(missing)}")
-    text = pin_immutable(text, {p: file_sha256(root / p) for p in immutable})
+    text = set_pins(text, {("evaluation", "immutable", p): file_sha256(root / p) for p in immutable})
     lab.constitution_path.write_text(text)
     rules = lab.load_constitution()
 
@@ -142,18 +157,10 @@ def _populate(lab: Lab, actor: str) -> Lab:
 
     lab.state_dir.mkdir()
     with Ledger.open(lab.ledger_path) as led:
-        led.append(
-            EventKind.LAB_CREATED,
-            actor=actor,
-            session=None,
-            commit_sha=commit,
-            payload={
-                "root": str(root),
-                "constitution_hash": constitution.constitution_hash(rules),
-                "constitution_version": rules.meta.version,
-                "files": sorted(template_files()) + ["constitution.toml", ".gitignore"],
-            },
-        )
+        led.record(payloads.LabCreated(
+            root=str(root), constitution_hash=constitution.constitution_hash(rules), constitution_version=rules.meta.version,
+            files=sorted(template_files()) + ["constitution.toml", ".gitignore"],
+        ), actor=actor, commit_sha=commit)
     return lab
 
 

@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import constitution
-from controller.workspace.lab import Lab, LabError, file_sha256, set_pin
+from controller.workspace.lab import Lab, LabError, file_sha256, set_pins
 from controller.execution.runner import base_env, verify_data
-from ledger import EventKind, Ledger
+from ledger import Ledger, payloads
 
 
 def prepare_lab(lab: Lab, actor: str = "operator", quiet: bool = False, source: str | None = None) -> dict:
@@ -43,15 +43,15 @@ def prepare_lab(lab: Lab, actor: str = "operator", quiet: bool = False, source: 
         if want and want != have:
             raise LabError(f"the prepared {key.split('_')[0]} ({have[:12]}) does not match evaluation.{key} ({want[:12]}) in constitution.toml")
         if not want:
-            text = set_pin(text, key, have)
             pinned[key] = have
     if pinned:
+        text = set_pins(text, {("evaluation", key): digest for key, digest in pinned.items()})
         new_rules = constitution.parse_text(text, "constitution.toml")
         lab.constitution_path.write_text(text)
         commit = lab.git.commit_all("charter: pin prepared data and tokenizer hashes")
         with Ledger.open(lab.ledger_path, wait_s=5) as led:
-            led.append(EventKind.CONSTITUTION_LOADED, actor=actor, commit_sha=commit, payload={
-                "reason": "data and tokenizer hashes pinned by charter prepare", "pinned": pinned,
-                "hash": constitution.constitution_hash(new_rules), "version": new_rules.meta.version,
-            })
+            led.record(payloads.ConstitutionLoaded(
+                hash=constitution.constitution_hash(new_rules), version=new_rules.meta.version,
+                reason="data and tokenizer hashes pinned by charter prepare", pinned=pinned,
+            ), actor=actor, commit_sha=commit)
     return {**data, "pinned": sorted(pinned)}
