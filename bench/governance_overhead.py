@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.workspace.lab import find_lab, init_lab  # noqa: E402
 from controller.workspace.preparation import prepare_lab  # noqa: E402
-from controller.proposers import make_proposer  # noqa: E402
+from controller.proposers import ProposerOptions, make_proposer  # noqa: E402
 from controller.session.loop import Session  # noqa: E402
-from ledger import EventKind, Ledger  # noqa: E402
+from ledger import EventKind, Ledger, payloads  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
         prepare_lab(lab, quiet=True, source=args.source)
     rules = lab.load_constitution()
     t0 = time.time()
-    summary = Session(lab, make_proposer("offline", seed=rules.proposer.seed), tag=f"bench{int(t0)}", max_experiments=args.experiments).run()
+    summary = Session(lab, make_proposer("offline", ProposerOptions(rules, seed=rules.proposer.seed)), tag=f"bench{int(t0)}", max_experiments=args.experiments).run()
     report(lab, summary, time.time() - t0)
 
 
@@ -75,11 +75,11 @@ def report(lab, summary: dict, wall: float) -> None:
         if e.kind == EventKind.PROPOSED:
             d["proposed"] = e.ts
         elif e.kind in (EventKind.TRAINING_FINISHED, EventKind.EVALUATED):
-            d["sandbox"] += float(e.payload.get("wall_seconds", 0.0))
+            d["sandbox"] += float(payloads.read(e).wall_seconds)
         elif e.kind == EventKind.DECIDED:
             d["decided"], d["decision"] = e.ts, str(e.decision)
     overheads, sandbox_total = [], 0.0
-    train_total = sum(float(e.payload.get("wall_seconds", 0.0)) for e in evs if e.kind == EventKind.TRAINING_FINISHED)
+    train_total = sum(float(payloads.read(e).wall_seconds) for e in evs if e.kind == EventKind.TRAINING_FINISHED)
     for n, d in sorted(by_exp.items()):
         sandbox_total += d["sandbox"]
         if "proposed" in d and "decided" in d and d["sandbox"] > 0:
@@ -95,7 +95,7 @@ def report(lab, summary: dict, wall: float) -> None:
     print(f"| share of wall time inside the training sandbox alone | {100 * train_total / wall:.1f}% |")
     print(f"| experiments per hour (limit: {rules.budgets.session.experiments} per session, {rules.budgets.day.experiments} per day) | {per_hour:.1f} |")
     print(f"| keeps | {summary['keeps']} (val_bpb {summary['baseline_bpb']:.4f} -> {summary['best_bpb']:.4f}) |")
-    compiled = {e.payload.get("stats", {}).get("compile") for e in evs if e.kind == EventKind.TRAINING_FINISHED}
+    compiled = {payloads.read(e).stats.get("compile") for e in evs if e.kind == EventKind.TRAINING_FINISHED}
     print(f"train.py compile (from its stats): {sorted(map(str, compiled))}")
 
 

@@ -219,8 +219,11 @@ class Prices(Strict):
 
 
 class Proposer(Strict):
-    kind: Literal["offline", "queue", "anthropic", "command"] = "offline"
+    # a registered proposer kind (offline, queue, or one an installed package adds); the
+    # controller refuses a kind that is not installed
+    kind: str = Field(default="offline", pattern=r"^[a-z][a-z0-9_-]{0,39}$")
     seed: int = Field(ge=0)
+    deadline_seconds: float = Field(default=600, gt=0)  # one proposer step, model calls included
     model: str = ""
     max_tokens_per_call: int = Field(gt=0)
     command: list[str] = Field(default_factory=list)

@@ -1,6 +1,9 @@
 """The governor: the `charter` CLI and everything that enforces a lab's constitution.
 
-Pure decisions (`gates`, `keep_rule`, `budgets`, `harm_test`) are functions of data; the edges
-run processes and state (`session` loop, `runner` + `sandbox`, `git_workspace`, `staging`,
-`control` socket, `proposers`). Imports flow one way: controller -> constitution, ledger.
+`policy/` holds the pure decisions (gates, keep rule, budgets, outcomes, harm test, the
+constitution in force): functions of data, tested without processes. The edges run processes
+and state: `session/` sequences one experiment's steps and records them, `execution/` runs a job
+in the sandbox, `workspace/` is the lab's git tree, `live/` the versioned channel to a running
+controller, `proposers/` where ideas come from. Imports flow one way: controller -> constitution,
+ledger.
 """

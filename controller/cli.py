@@ -18,15 +18,15 @@ from pathlib import Path
 import constitution
 from controller import audit
 from controller.workspace.anchor import newest_anchor
-from controller.live.server import ControllerUnreachable, request
+from controller.live.client import ControllerUnreachable, LiveClient, LiveError
 from controller.workspace.git import GitError
 from controller.workspace.lab import Lab, LabError, find_lab, init_lab
-from controller.operators import format_status, lab_status, operator_command
+from controller.operators import OperatorRefused, format_status, lab_status, operator_command
 from controller.workspace.preparation import prepare_lab
-from controller.proposers import ProposerError, make_proposer
+from controller.proposers import ProposerError, ProposerOptions, available, make_proposer
 from controller.execution.runner import PrepareError
 from controller.session.loop import Session, SessionRefused
-from ledger import EventKind, Ledger, LedgerError
+from ledger import Ledger, LedgerError, payloads
 
 
 class UsageError(Exception):
@@ -79,15 +79,12 @@ def cmd_ledger_note(args: argparse.Namespace) -> int:
     if not text:
         raise UsageError("a note needs some text: charter ledger note --by NAME TEXT")
     try:  # a running controller is the only writer: hand it the note
-        reply = request(lab.state_dir, {"op": "note", "by": args.by, "text": text})
-        if not reply.get("ok"):
-            raise LedgerError(reply.get("error", "the controller refused the note"))
-        print(f"noted as seq {reply['seq']}" if "seq" in reply else reply.get("message", "note queued"))
+        print(f"noted as seq {LiveClient(lab.state_dir).note(args.by, text)}")
         return 0
     except ControllerUnreachable:
         pass
     with Ledger.open(lab.ledger_path, wait_s=5) as led:
-        ev = led.append(EventKind.NOTE, actor=f"person:{args.by}", session=None, payload={"text": text})
+        ev = led.record(payloads.Note(text), actor=f"person:{args.by}")
     print(f"noted as seq {ev.seq}")
     return 0
 
@@ -106,6 +103,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_query(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise UsageError(f"--limit must be 0 or more (rows to print), got {args.limit}")
     lab = find_lab(args.lab)
     sql = " ".join(args.sql)
     result = audit.query(lab, sql, limit=args.limit)
@@ -167,10 +166,15 @@ def _lab_for_run(arg: str | None, by: str, source: str | None) -> Lab:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    lab = _lab_for_run(args.lab, args.by, args.source)
-    rules = lab.load_constitution()
+    # the proposer first: a usage mistake must not cost a lab creation and a data preparation
+    try:
+        rules = find_lab(args.lab).load_constitution()
+    except LabError:
+        rules = constitution.load_default()  # the lab `charter run` is about to create
     kind = args.proposer or rules.proposer.kind
-    proposer = make_proposer(kind, seed=rules.proposer.seed if args.seed is None else args.seed, queue_dir=args.queue)
+    seed = rules.proposer.seed if args.seed is None else args.seed
+    proposer = make_proposer(kind, ProposerOptions(rules=rules, seed=seed, queue_dir=Path(args.queue) if args.queue else None))
+    lab = _lab_for_run(args.lab, args.by, args.source)
     session = Session(lab, proposer, tag=args.tag, max_experiments=args.max_experiments)
     print(f"charter: session on {lab.root} with the {kind} proposer (status: charter status --lab {lab.root})")
     summary = session.run()
@@ -191,7 +195,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lab = find_lab(args.lab)
     status = lab_status(lab)
     if args.json:
-        print(json.dumps(status, indent=2, default=str))
+        print(json.dumps(status.to_json(), indent=2, default=str))
         return 0
     print(format_status(status))
     return 0
@@ -278,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab_arg(sp)
     sp.add_argument("--tag", help="session tag; the session works on branch charter/TAG")
     sp.add_argument("--max-experiments", type=int, help="stop after N experiments (baseline not counted)")
-    sp.add_argument("--proposer", choices=["offline", "queue"], help="default: the constitution's proposer.kind")
+    sp.add_argument("--proposer", choices=available(), help="default: the constitution's proposer.kind")
     sp.add_argument("--queue", help="directory of queued proposals (for --proposer queue)")
     sp.add_argument("--seed", type=int, help="offline proposer seed (default: the constitution's)")
     sp.add_argument("--source", help="corpus for a lab's first prepare (see charter prepare)")
@@ -313,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"charter: {e}", file=sys.stderr)
         return 2
-    except (LabError, LedgerError, GitError, SessionRefused, PrepareError, ProposerError, ControllerUnreachable) as e:
+    except (LabError, LedgerError, GitError, SessionRefused, PrepareError, ProposerError, LiveError, OperatorRefused) as e:
         print(f"charter: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

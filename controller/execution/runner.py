@@ -5,7 +5,10 @@ validation data or Charter's state, and is killed at training budget + grace by 
 The trusted evaluator (the lab's immutable prepare.py) sees validation data but writes only its
 result file; the untrusted model code it loads runs in a nested sandbox that cannot see
 validation data either (EVAL_WORKER_PREFIX). The metric is read from the evaluator's result,
-never from anything training printed.
+never from anything training printed. One job is (commit, work dir, device) -> `RunOutcome`:
+the runner trains, evaluates, reads the run's stats and runs the post-checks (immutable files
+and data re-hashed) itself, so the caller only records what came back, and nothing here assumes
+one work tree or one experiment in flight.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import re
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from constitution import Constitution
 from controller.execution import sandbox
 from controller.execution.sandbox import SandboxResult, SandboxSpec
+from controller.workspace.lab import file_sha256
 
 
 class PrepareError(Exception):
@@ -72,6 +76,18 @@ def verify_data(lab_root: Path, rules: Constitution) -> dict:
 
 
 @dataclass(frozen=True)
+class Job:
+    """One training + evaluation of one commit, checked out in `work_dir`, on `device`."""
+
+    experiment: int
+    run_index: int  # 1 for the first run of a candidate, 2.. for confirmation runs
+    commit: str
+    work_dir: Path  # the lab's work tree (or, later, a worktree of it) at `commit`
+    run_dir: Path
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     status: str  # "ok", "crash", "timeout"
     reason: str
@@ -80,11 +96,60 @@ class RunOutcome:
     evaluation: SandboxResult | None
     eval_result: dict
     integrity_failure: bool = False
+    stats: dict = field(default_factory=dict)  # the run's own stats.json (untrusted, bounded)
+    postcheck_problems: tuple[str, ...] = ()  # immutable files or data changed during the run
+
+
+STATS_MAX_BYTES = 20_000
+
+
+def read_stats(run_dir: Path) -> dict:
+    """The training run's stats.json, if it is a small JSON object (it is untrusted output)."""
+    try:
+        data = json.loads((run_dir / "stats.json").read_text())
+        return data if isinstance(data, dict) and len(json.dumps(data)) < STATS_MAX_BYTES else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def immutable_problems(work_dir: Path, rules: Constitution) -> list[str]:
+    """Immutable files that are missing, replaced by a link, or no longer match their pins."""
+    problems = []
+    for rel, pin in rules.evaluation.immutable.items():
+        p = work_dir / rel
+        if not p.is_file() or p.is_symlink():
+            problems.append(f"immutable file {rel} is missing")
+        elif pin and file_sha256(p) != pin:
+            problems.append(f"immutable file {rel} does not match its pin")
+    return problems
+
+
+def data_problems(data: dict, rules: Constitution) -> list[str]:
+    """Differences between the prepared data's hashes and the constitution's pins."""
+    problems = []
+    ev = rules.evaluation
+    if ev.data_hash and data.get("data_hash") != ev.data_hash:
+        problems.append("prepared data does not match evaluation.data_hash")
+    if ev.tokenizer_hash and data.get("tokenizer_hash") != ev.tokenizer_hash:
+        problems.append("tokenizer does not match evaluation.tokenizer_hash")
+    if data.get("profile") != ev.profile:
+        problems.append(f"prepared profile {data.get('profile')!r} is not the constitution's {ev.profile!r}")
+    return problems
+
+
+def integrity_problems(work_dir: Path, rules: Constitution) -> list[str]:
+    """Everything the post-check re-verifies: immutable files first, then the data."""
+    problems = immutable_problems(work_dir, rules)
+    if problems:
+        return problems
+    try:
+        return data_problems(verify_data(work_dir, rules), rules)
+    except PrepareError as e:
+        return [f"data no longer verifies: {e}"]
 
 
 class Runner:
-    def __init__(self, lab_root: Path, state_dir: Path, rules: Constitution, level: str):
-        self.lab_root = lab_root
+    def __init__(self, state_dir: Path, rules: Constitution, level: str):
         self.state_dir = state_dir
         self.rules = rules
         self.level = level
@@ -95,7 +160,7 @@ class Runner:
         # the run dir and compile cache inside .charter/ are bound back by the sandbox
         return [Path(data["val_dir"]), self.state_dir]
 
-    def train(self, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> SandboxResult:
+    def train(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> SandboxResult:
         b = self.rules.budgets.experiment
         run_dir.mkdir(parents=True, exist_ok=True)
         self.compile_cache.mkdir(parents=True, exist_ok=True)
@@ -107,7 +172,7 @@ class Runner:
         }
         spec = SandboxSpec(
             argv=python_argv(self.rules.evaluation.train_command),
-            cwd=self.lab_root,
+            cwd=work_dir,
             writable=[run_dir, self.compile_cache],
             readable=[Path(data["cache_dir"])],  # train data + tokenizer; val inside it stays hidden
             hidden=self._hidden(data),
@@ -120,7 +185,7 @@ class Runner:
         )
         return sandbox.run(spec, self.level, on_start=on_start)
 
-    def evaluate(self, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> tuple[SandboxResult, dict]:
+    def evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> tuple[SandboxResult, dict]:
         """The trusted evaluator runs unwrapped (nested bwrap can't work without capabilities we
         drop); the untrusted model worker it starts runs in bwrap: no validation data, no
         network, the run dir read-only, nothing writable. The controller still owns the
@@ -133,14 +198,14 @@ class Runner:
         env = base_env(self.rules) | {"HOME": str(out_dir)}
         if self.level == "bubblewrap":
             worker_spec = SandboxSpec(
-                argv=[], cwd=self.lab_root, writable=[], readable=[run_dir], hidden=self._hidden(data),
+                argv=[], cwd=work_dir, writable=[], readable=[run_dir], hidden=self._hidden(data),
                 env=base_env(self.rules) | {"HOME": "/tmp"}, timeout_s=b.evaluate_timeout_seconds,
                 memory_mb=b.memory_hard_mb, max_processes=self.rules.sandbox.max_processes, max_file_mb=1,
             )
             env["EVAL_WORKER_PREFIX"] = sandbox.worker_prefix(worker_spec)
         spec = SandboxSpec(
             argv=python_argv(self.rules.evaluation.evaluate_command) + [str(run_dir), "--out", str(out)],
-            cwd=self.lab_root,
+            cwd=work_dir,
             writable=[out_dir],
             hidden=[],
             env=env,
@@ -176,8 +241,18 @@ class Runner:
             return RunOutcome("crash", f"training reported an impossible val_bpb {bpb!r}", None, t, None, result)
         return RunOutcome("ok", "trained; metric as reported by the training run (trust: reported)", bpb, t, None, result | {"val_bpb": bpb})
 
-    def run(self, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> RunOutcome:
-        t = self.train(run_dir, data, on_start)
+    def run(self, job: Job, data: dict, on_start: Callable[[int], None] | None = None) -> RunOutcome:
+        """Train and evaluate one job, then read its stats and run the post-checks."""
+        outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start)
+        problems = tuple(integrity_problems(job.work_dir, self.rules))
+        outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems)
+        if problems:
+            return replace(outcome, status="crash", reason="post-check failed: " + "; ".join(problems), val_bpb=None,
+                           integrity_failure=True)
+        return outcome
+
+    def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None) -> RunOutcome:
+        t = self.train(work_dir, run_dir, data, on_start)
         if t.timed_out:
             return RunOutcome("timeout", f"training passed its deadline of {self.rules.experiment_deadline_seconds:g} s and was killed", None, t, None, {})
         if t.memory_killed:
@@ -186,7 +261,7 @@ class Runner:
             return RunOutcome("crash", f"training exited with code {t.returncode}", None, t, None, {})
         if self.rules.evaluation.trust == "reported":
             return self.reported(run_dir, t)
-        e, result = self.evaluate(run_dir, data, on_start)
+        e, result = self.evaluate(work_dir, run_dir, data, on_start)
         if e.timed_out:
             return RunOutcome("crash", "evaluation passed its deadline and was killed", None, t, e, result)
         if result.get("status") != "ok":

@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from constitution.schema import PeriodBudget
-
-RAN = {"baseline", "keep", "discard", "crash", "timeout"}
+from ledger import Decision, EventKind
+from ledger import payloads as P
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,28 @@ def usage_from_events(events: Iterable[Any], since: datetime | None, now: dateti
     for ev in events:
         if since is not None and ev.ts < since:
             continue
-        kind = str(ev.kind)
-        p = ev.payload or {}
-        if kind == "decided" and p.get("decision") in RAN and not p.get("repair"):
-            experiments += 1
-        elif kind in ("training_finished", "evaluated"):
-            device += float(p.get("wall_seconds", 0.0))
-        elif kind == "agent_call":
-            tokens += int(p.get("input_tokens", 0)) + int(p.get("output_tokens", 0))
-            dollars += float(p.get("dollars", 0.0))
+        kind = ev.kind
+        if kind == EventKind.DECIDED:
+            p = P.Decided.from_json(ev.payload)
+            if p.decision in RAN and not p.repair:
+                experiments += 1
+        elif kind in (EventKind.TRAINING_FINISHED, EventKind.EVALUATED):
+            device += float(P.read(ev).wall_seconds or 0.0)
+        elif kind == EventKind.AGENT_CALL:
+            call = P.AgentCall.from_json(ev.payload)
+            tokens += agent_tokens(call)
+            dollars += float(call.dollars or 0.0)
     wall = (now - started).total_seconds() / 3600 if started else 0.0
     return Usage(experiments, device, wall, tokens, dollars, disk_mb)
+
+
+RAN = frozenset(Decision.group("ran"))
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def agent_tokens(call: P.AgentCall) -> int:
+    """Every token a call processed counts against the token budget, cached ones included."""
+    return sum(int(getattr(call, f) or 0) for f in TOKEN_FIELDS)
 
 
 def burn(usage: Usage, limits: PeriodBudget) -> tuple[float, str]:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from transitions import Machine, MachineError
 
 from constitution.schema import GATE_SEVERITY, GateMetric, GateRule, GateState
+from ledger import Decision, EventKind
+from ledger.payloads import GateTransition
 
-RAN = {"baseline", "keep", "discard", "crash", "timeout"}
-FAILED = {"crash", "timeout"}
+RAN = frozenset(Decision.group("ran"))
+FAILED = frozenset(Decision.group("failed"))
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 
 
@@ -178,9 +180,35 @@ class GateMachine:
             self.escalate(dest=GateState.STOP.value)
         return Transition(source, GateState.STOP, "operator-stop", reason, by)
 
+    def operator(self, op: str, by: str, reason: str) -> Transition:
+        """A person's pause / stop / resume; a move the gate forbids raises MachineError."""
+        if op == "pause":
+            return self.operator_pause(by, reason or "paused by operator")
+        if op == "stop":
+            return self.operator_stop(by, reason or "stopped by operator")
+        if op == "resume":
+            return self.operator_resume(by, reason)
+        raise ValueError(f"unknown operator command {op!r}")
+
     def operator_resume(self, by: str, reason: str) -> Transition:
         source = self.gate
         self.resume()
         self.held_by_operator = False
         self.clear_streak = 0
         return Transition(source, GateState.RUN, "operator-resume", reason, by)
+
+
+def transition_payload(t: Transition, held_by_operator: bool) -> GateTransition:
+    """The ledger's record of a transition (the controller's and an operator's alike)."""
+    return GateTransition(t.source.value, t.dest.value, t.rule, t.evidence, t.by, held_by_operator)
+
+
+def restore_gate(events) -> tuple[GateMachine, str | None, str | None]:
+    """The gate as the last recorded transition left it (RUN if none), with its rule and evidence."""
+    gate, rule, evidence = GateMachine(), None, None
+    for ev in events:
+        if ev.kind == EventKind.GATE_TRANSITION:
+            t = GateTransition.from_json(ev.payload)
+            gate = GateMachine(state=t.to_state, held_by_operator=bool(t.held))
+            rule, evidence = t.rule or None, t.evidence or None
+    return gate, rule, evidence

@@ -180,3 +180,7 @@ class OfflineProposer:
                 params=config,
             )
         return None
+
+
+def build(options) -> OfflineProposer:
+    return OfflineProposer(seed=options.seed)

@@ -60,6 +60,18 @@ def test_missing_lab_and_bad_usage_are_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
 
 
+
+def test_a_run_usage_mistake_costs_no_lab_and_no_preparation(tmp_path):
+    # the queue proposer without --queue: one line, before any lab is created or data prepared
+    r = charter("run", "--lab", tmp_path / "fresh", "--proposer", "queue", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip() == "charter: the queue proposer needs --queue DIR"
+    assert not (tmp_path / "fresh").exists()
+    # a kind that is not installed is refused by the parser, naming what is
+    r = charter("run", "--lab", tmp_path / "fresh", "--proposer", "nonesuch", cwd=tmp_path)
+    assert r.returncode == 2 and "invalid choice: 'nonesuch'" in r.stderr and "'offline'" in r.stderr
+    assert not (tmp_path / "fresh").exists()
+
+
 @pytest.mark.slow
 def test_first_run_creates_and_prepares_a_lab_in_the_current_directory(tmp_path):
     # the newcomer's command on the shipped defaults: Debian corpus, 60 s budget, compile on

@@ -199,13 +199,15 @@ while True:
 """
     queue = tmp_path / "queue"
     queue_folder(queue, "001-escape", {"train.py": probe})
-    t0 = time.time()
     run_queue(lab, queue, tag="escape")
 
     last = events(lab, EventKind.DECIDED)[-1]
     assert (last.experiment, last.decision) == (1, "timeout"), last.payload["reason"]
     finished = [e for e in events(lab, EventKind.TRAINING_FINISHED) if e.experiment == 1][0]
-    assert finished.payload["timed_out"] and 2 + 15 <= finished.payload["wall_seconds"] < 2 + 15 + 5
+    started = [e for e in events(lab, EventKind.TRAINING_STARTED) if e.experiment == 1][0]
+    # the controller's own kill, at the deadline it recorded (training + grace), not the run's exit
+    assert finished.payload["timed_out"] and finished.payload["returncode"] is None
+    assert started.payload["deadline_seconds"] == 2 + 15
     out = json.loads(next(lab.runs_dir.rglob("0001-1/probe.json")).read_text())
     assert out["socket"] != "connected" and not contacted
     assert out["val"] == [] or "No such file" in str(out["val"])
@@ -216,7 +218,6 @@ while True:
     assert not (lab.root / "pwned.txt").exists() and not os.path.exists("/tmp/charter-pwned")
     with Ledger.open(lab.ledger_path, read_only=True) as led:
         assert led.verify().ok
-    assert time.time() - t0 < 120
 
 
 def wait_for(predicate, timeout=120, every=0.5):

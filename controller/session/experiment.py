@@ -1,0 +1,100 @@
+"""The steps of one experiment before anything runs, each returning a typed result.
+
+stage (a proposal -> the exact file changes, in a scratch copy) -> harm test (changes -> a
+refusal or a pass) -> commit (changes -> a commit in the work dir). Training, evaluation and the
+post-checks are one job for the runner (`controller.execution.runner`); the decision is the keep
+rule's. The session sequences these and records each result; nothing here writes the ledger.
+Any input a proposer can craft ends as a `Refused` with a reason, never as an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from constitution.schema import Scope
+from controller.execution.runner import RunOutcome
+from controller.policy.harm_test import Change, diff_line_count, harm_test
+from controller.proposers.base import Proposal
+from controller.workspace.git import GitWorkspace
+from controller.workspace.staging import StagingError, apply_to_lab, stage, unified_diff
+from ledger.payloads import Decided, RefusalItem
+
+DIFF_CAP = 200_000  # characters of a diff kept in the ledger
+
+
+@dataclass(frozen=True)
+class Staged:
+    changes: list[Change]
+    diff: str
+
+    @property
+    def diff_lines(self) -> int:
+        return diff_line_count(self.changes)
+
+
+@dataclass(frozen=True)
+class Refused:
+    items: list[RefusalItem]
+    reason: str  # the decision's reason
+    diff: str = ""
+
+    @property
+    def rule(self) -> str:
+        return self.items[0].rule
+
+    @property
+    def hard(self) -> bool:
+        return any(i.hard for i in self.items)
+
+
+def stage_step(work_dir: Path, proposal: Proposal) -> Staged | Refused:
+    """The changes a proposal makes, or a refusal if it is malformed or changes nothing."""
+    if proposal.malformed:
+        return Refused([RefusalItem("malformed", evidence=proposal.malformed)], f"malformed proposal: {proposal.malformed}")
+    try:
+        changes = stage(work_dir, proposal)
+    except StagingError as e:
+        return Refused([RefusalItem("malformed", evidence=str(e))], f"malformed proposal: {e}", proposal.patch or "")
+    except (OSError, ValueError, TypeError, UnicodeError) as e:  # hostile content the stager can't take
+        why = f"cannot be staged ({type(e).__name__}: {e})"[:500]
+        return Refused([RefusalItem("malformed", evidence=why)], f"malformed proposal: {why}")
+    if not changes:
+        return Refused([RefusalItem("empty", evidence="the proposal changes nothing")], "the proposal changes nothing")
+    return Staged(changes, unified_diff(changes))
+
+
+def harm_step(staged: Staged, scope: Scope) -> Refused | None:
+    """The harm test's verdict: a refusal naming every rule that fired, or None to go on."""
+    refusals = harm_test(staged.changes, scope)
+    if not refusals:
+        return None
+    items = [RefusalItem(r.rule, r.path, r.line, r.evidence, r.hard) for r in refusals]
+    first = items[0]
+    where = f"{first.path}{':' + str(first.line) if first.line else ''}"
+    return Refused(items, f"harm test: {first.rule} ({where}: {first.evidence})", staged.diff[:DIFF_CAP])
+
+
+def commit_step(git: GitWorkspace, work_dir: Path, staged: Staged, experiment: int, description: str) -> str:
+    """Write the passed changes into the work dir and commit them; the commit sha."""
+    apply_to_lab(work_dir, staged.changes)
+    return git.commit_all(f"experiment {experiment}: {description[:200]}")
+
+
+def resource_use(outcome: RunOutcome | None, memory_soft_mb: int) -> dict:
+    """The `Decided` fields that describe what a run used (empty when nothing ran)."""
+    if outcome is None or outcome.train is None:
+        return {}
+    peak = outcome.train.peak_rss_mb
+    return {
+        "integrity_failure": outcome.integrity_failure,
+        "memory_soft_exceeded": peak > memory_soft_mb,
+        "peak_rss_mb": round(peak, 1),
+        "train_seconds": round(outcome.train.wall_seconds, 2),
+        "eval_seconds": round(outcome.evaluation.wall_seconds, 2) if outcome.evaluation else None,
+    }
+
+
+def about(proposal: Proposal) -> Decided:
+    """What every decision on this proposal records about it (proposers learn from it)."""
+    return Decided(description=proposal.description[:500], source=proposal.source, params=proposal.params)
