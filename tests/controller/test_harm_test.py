@@ -84,6 +84,12 @@ HOSTILE = [
     ("from http", top("from http.client import HTTPConnection"), "network", "http.client"),
     ("torch.hub", in_main("m = torch.hub.load('a/b', 'c')"), "network", "torch.hub.load"),
     ("asyncio conn", top("import asyncio\nasyncio.open_connection('h', 80)"), "network", "open_connection"),
+    ("logging.handlers alias", top("import logging.handlers as lh\nlh.SocketHandler('h', 9020)"), "network",
+     "logging.handlers"),
+    ("event loop connection", in_main("import asyncio\nasyncio.new_event_loop().create_connection(None, 'h', 1)"),
+     "network", "create_connection"),
+    ("distributed rendezvous", in_main("torch.distributed.init_process_group('gloo', init_method='tcp://h:1')"),
+     "network", "init_process_group"),
     ("new kernel download", in_main("from kernels import get_kernel\nk = get_kernel('evil/kernel')"),
      "network", "get_kernel('evil/kernel')"),
     # subprocess
@@ -110,6 +116,8 @@ HOSTILE = [
     ("builtins.exec alias", top("import builtins as b\nb.exec('1')"), "dynamic_import", "b.exec"),
     ("subclasses escape", in_main("x = ().__class__.__base__.__subclasses__()"), "dynamic_import", "__subclasses__"),
     ("getattr computed", in_main("name = input()\ngetattr(os, name)('id')"), "dynamic_import", "getattr(os, name)"),
+    ("getattr formatted", in_main("getattr(os, f'{x}')('id')"), "dynamic_import", "getattr(os, f'{x}')"),
+    ("module handed around", in_main("m = [os][0]\nm.system('id')"), "dynamic_import", "os"),
     ("sys.path hijack", top("import sys\nsys.path.insert(0, '/tmp')"), "dynamic_import", "sys.path"),
     # file writes
     ("open /tmp w", in_main("open('/tmp/x', 'w').write('hi')"), "file_write", "open('/tmp/x', 'w')"),
@@ -124,6 +132,13 @@ HOSTILE = [
     ("np.save outside", top("import numpy as np\nnp.save('x.npy', 1)"), "file_write", "np.save"),
     ("os.symlink", in_main("os.symlink('/etc', os.path.join(run_dir, 'e'))"), "file_write", "os.symlink"),
     ("importable file in run dir", in_main("open(os.path.join(run_dir, 'torch.py'), 'w')"), "file_write", "torch.py"),
+    ("RUN_DIR then dotdot", in_main("torch.save(sd, os.path.join(os.environ['RUN_DIR'], '..', '..', 'cc', 'x'))"),
+     "file_write", "torch.save"),
+    ("run dir reassigned", in_main("p = run_dir\np = '/root/.cache'\nopen(p, 'w')"), "file_write", "open(p, 'w')"),
+    ("shutil alias", top("from shutil import copyfile as cp\ncp('a', '/tmp/b')"), "file_write", "cp('a'"),
+    ("tarfile", top("import tarfile\ntarfile.open('/tmp/x.tar', 'w')"), "file_write", "tarfile.open"),
+    ("Path.rename out", in_main("from pathlib import Path\nPath(run_dir, 'a').rename('/tmp/a')"), "file_write",
+     "rename"),
     # data access
     ("pq.read_table", top("import pyarrow.parquet as pq\nt = pq.read_table('x')"), "data_access", "pyarrow.parquet"),
     ("pandas parquet", top("import pandas as pd\ndf = pd.read_parquet('shard.parquet')"), "data_access", "read_parquet"),
@@ -134,6 +149,11 @@ HOSTILE = [
     ("from prepare import VAL_DIR", in_main("from prepare import VAL_DIR"), "data_access", "VAL_DIR"),
     ("prepare star", top("from prepare import *"), "data_access", "import *"),
     ("folded val", in_main("split = 'va' + 'l'"), "data_access", "'va' + 'l'"),
+    ("walk the home directory", in_main("for d, _, fs in os.walk(os.path.expanduser('~')):\n    pass"),
+     "data_access", "os.walk"),
+    ("numpy load", top("import numpy as np\na = np.load('/root/x.npy')"), "data_access", "np.load"),
+    ("parent environ", in_main("e = open(f'/proc/{os.getppid()}/environ').read()"), "data_access", "/proc/"),
+    ("duckdb", top("import duckdb\nduckdb.query('select 1')"), "data_access", "duckdb"),
     # timing
     ("time.time patched", top("time.time = lambda: 0"), "timing", "time.time = lambda: 0"),
     ("setattr time", top("setattr(time, 'perf_counter', lambda: 0)"), "timing", "setattr(time"),
@@ -334,6 +354,18 @@ def load_flash''')),
                                                           "    t0 = time.time()")),
     ("local variable named like a module", lambda b: b.replace("    t0 = time.time()",
                                                                 "    code = 3\n    datasets = [code]\n    t0 = time.time()")),
+    ("save through os.environ directly", lambda b: b.replace(
+        "    t0 = time.time()", "    torch.save(sd, os.path.join(os.environ['RUN_DIR'], 'model.pt'))\n    t0 = time.time()")),
+    ("harmless os use", lambda b: b.replace("    t0 = time.time()", "    here = os.getcwd()\n    t0 = time.time()")),
+    ("checkpoints in a subdirectory", lambda b: b.replace("    t0 = time.time()",
+                                                           "    ckpt = os.path.join(run_dir, 'ckpt')\n"
+                                                           "    os.makedirs(ckpt, exist_ok=True)\n"
+                                                           "    for i in range(2):\n"
+                                                           "        torch.save(sd, os.path.join(ckpt, f'{i:03d}.pt'))\n"
+                                                           "    t0 = time.time()")),
+    ("train batches from prepare", lambda b: b.replace("    t0 = time.time()",
+                                                        "    loader = make_dataloader(8, MAX_SEQ_LEN)\n"
+                                                        "    x, y = next(loader)\n    t0 = time.time()")),
 ]
 
 
