@@ -1,12 +1,29 @@
 """The sandbox runner: runs one untrusted command (train.py, the evaluator's model worker) under
-bubblewrap with the file system read-only except the run dir, validation data and the ledger
-hidden, no network, a cleared environment and no capabilities, and owns its end: a hard wall-clock
-kill, a memory limit polled from /proc (RSS of the whole process tree plus what it holds in the
-sandbox's private tmpfs), a process-count limit, RLIMIT_FSIZE, and a bounded log with a tail for
-the ledger. Level "none" keeps the same process handling without bwrap, for labs whose
-constitution allows it. Nested bwrap does not work inside our sandbox (it needs capabilities we
-drop), so the evaluator runs trusted outside bwrap and only its model worker is sandboxed, through
-`EVAL_WORKER_PREFIX=worker_prefix(spec)`.
+bubblewrap and owns its end.
+
+File system by allow-list: the sandbox starts from an empty root and sees only the interpreter
+and the system libraries it needs, the lab read-only (Charter's `.charter/` state inside it
+masked), what the spec names readable, its writable run dir, and a private /tmp, /dev/shm,
+/dev and /proc. Validation data, caches, home directories, other labs, host sockets and
+/usr/share/doc are simply not there; `hidden` is an extra deny inside allowed trees.
+
+An unprivileged uid: bwrap starts as root (the only way its mounts work here), keeps only
+CAP_SETUID/SETGID/SETPCAP, and execs the command through `setpriv` as uid/gid 65534 with no
+groups, no capabilities (effective, inheritable, ambient or bounding) and no_new_privs, so
+root-only files stay unreadable, RLIMIT_NPROC applies, and a Unix socket it could somehow see
+is still refused by its file mode.
+
+Limits: a fresh cgroup per run where the machine allows it (v1 memory + pids here, v2
+elsewhere) holds the memory limit (RSS, shared memory, the private tmpfs: all of it), the task
+limit and the peak; without cgroups a poll of /proc (RSS including shared memory, plus the
+private tmpfs) does it. A wall-clock kill, an optional stop signal before it, RLIMIT_FSIZE and
+RLIMIT_NPROC, and a bounded log with a tail for the ledger.
+
+Level "none" keeps the same process handling (and the cgroup) without bwrap, for labs whose
+constitution allows it: it runs as the controller's uid, not unprivileged. Nested bwrap does
+not work inside our sandbox, so the evaluator runs trusted outside bwrap and only its model
+worker is sandboxed, through `EVAL_WORKER_PREFIX=worker_prefix(spec)`, which also gives the
+worker its own limits (this file run as a script: `sandbox.py limit ... -- bwrap ...`).
 """
 
 from __future__ import annotations
@@ -20,9 +37,11 @@ import select
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -31,6 +50,33 @@ LOG_CAP_BYTES = 10 * 1024 * 1024    # the log file on disk stops growing here
 TAIL_BYTES = 4096                   # what the ledger keeps of the output
 POLL_S = 0.2                        # how often memory, processes and the clock are checked
 DRAIN_S = 2.0                       # after the end, how long to wait for the pipe to close
+CGROUP_RMDIR_S = 5.0                # how long to retry removing a run's cgroup after the kill
+# The stop signal comes this long before the time a run is told (SandboxSpec.stop_env), so a run
+# that trains up to that time always gets the signal while still training, with its handler in
+# place; told the exact moment, a run that finished on time could be hit while Python shuts down
+# (CPython puts SIG_DFL back then) and die of it, saved but with exit code 143.
+STOP_LEAD_S = 0.25
+
+SANDBOX_UID = 65534                 # nobody: what untrusted code runs as inside bwrap
+SANDBOX_GID = 65534
+BWRAP_TASKS = 2                     # bwrap's own processes in a run: the monitor and pid 1
+STATE_DIR_NAME = ".charter"         # a lab's Charter state: always masked inside a bound lab
+CGROUPS = True                      # tests set False to exercise the polling fallback
+
+# The system part of the allow-list, measured (strace of python + torch import + torch.compile
+# + a training run as uid 65534): the dynamic linker and libraries (/usr/lib*, glibc's locale in
+# /usr/lib/locale), the compiler torch.compile drives (/usr/bin, /usr/libexec/gcc, /usr/lib/gcc,
+# /usr/include), /usr/sbin for `ldconfig -p` (triton, ctypes.util), zoneinfo for localtime. Not
+# /usr/share (doc holds the python3.11-doc corpus the default lab is prepared from), not
+# /usr/local (cuda toolkits and tools; bound only on GPU hosts), not /usr/src, /usr/games.
+USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libexec", "include", "share/zoneinfo")
+TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")   # merged-usr links, or real dirs
+# /etc: only what the loader (ld.so.cache), name lookups of our own uid (getpass.getuser() in
+# torch's inductor: passwd, group, nsswitch.conf), the time zone and the compiler's alternatives
+# links need. No shadow, ssh, ssl/private, apt, pip.conf, npmrc, machine-id, hostname, hosts...
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "passwd", "group",
+               "localtime", "timezone", "alternatives")
+SYSTEM_PREFIXES = ("/usr", "/usr/local")  # an interpreter here: bind its bin/lib*/include only
 
 
 class SandboxUnavailable(Exception):
@@ -40,30 +86,37 @@ class SandboxUnavailable(Exception):
 @dataclass(frozen=True)
 class SandboxSpec:
     argv: list[str]
-    cwd: Path                       # the lab dir: read-only inside
-    writable: list[Path]            # bound read-write: the run dir, a compile-cache dir
-    hidden: list[Path]              # dirs: an empty read-only tmpfs; files: unreadable (EACCES)
+    cwd: Path                       # the lab dir: read-only inside (its .charter/ masked)
+    writable: list[Path]            # bound read-write (the run dir); its top is chowned to the sandbox uid
+    hidden: list[Path]              # extra deny inside allowed trees: dirs an empty tmpfs, files unreadable
     env: dict[str, str]             # the whole environment inside (see minimal_env)
     timeout_s: float                # hard kill of the whole tree at this wall time
-    memory_mb: int                  # kill when RSS of the tree + private tmpfs use exceeds this
-    max_processes: int              # RLIMIT_NPROC, and enforced by polling (root is exempt from it)
+    memory_mb: int                  # cgroup memory limit (or: kill when polled usage exceeds it)
+    max_processes: int              # tasks (threads count): cgroup pids.max, RLIMIT_NPROC, a poll of the tree
     max_file_mb: int                # RLIMIT_FSIZE
     network: bool = False
     stdout_path: Path | None = None  # combined stdout+stderr, capped at LOG_CAP_BYTES
-    readable: list[Path] = field(default_factory=list)  # bound back read-only, e.g. a run dir
-                                                        # inside the hidden .charter/ for the worker
+    readable: list[Path] = field(default_factory=list)  # bound read-only: train shards, tokenizer,
+                                                        # a run dir inside the masked .charter/ for the worker
+    stop_after_s: float | None = None  # SIGTERM to the untrusted processes at this wall time, once
+    stop_env: str | None = None     # an env var told when to stop (unix seconds): STOP_LEAD_S after the
+                                    # signal, on the clock the signal is sent by
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    returncode: int | None          # None when the sandbox killed it (timeout, memory, processes)
+    returncode: int | None          # None when a limit of the sandbox ended it (timeout, memory, processes)
     timed_out: bool
     memory_killed: bool
     wall_seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float              # cgroup: peak charged memory (memory.max_usage_in_bytes); poll: polled peak
     level: str                      # "bubblewrap" or "none"
     log_tail: str                   # last ~4 KB of output: untrusted text
     kill_reason: str = ""           # "", "timeout", "memory" or "processes"
+    limits: str = "poll"            # what enforced memory and tasks: "cgroup-v1", "cgroup-v2" or "poll"
+    stopped: bool = False           # the stop signal (SIGTERM) was sent
+    exit_seconds: float | None = None  # start to the main process's own exit; None if the sandbox ended it
+    unprivileged: bool = False      # ran as SANDBOX_UID without capabilities (level "bubblewrap")
 
 
 def minimal_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -85,72 +138,219 @@ def _under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _interpreter_roots() -> list[Path]:
+    """The interpreter's installation(s): the venv and the base python it points at."""
+    roots = []
+    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        p = Path(p).resolve()
+        if str(p) in SYSTEM_PREFIXES or p == Path("/"):
+            # a system python: /usr's parts come with the system list; /usr/local only its code
+            if p != Path("/usr"):
+                roots += [p / d for d in ("bin", "lib", "lib64", "include") if (p / d).is_dir()]
+        else:
+            roots.append(p)
+    exe = Path(sys.executable).resolve()            # a venv's python links to the base's binary
+    if not any(_under(exe, r) for r in roots) and not _under(exe, Path("/usr")):
+        roots.append(exe)
+    return roots
+
+
+class _Plan:
+    """Builds the mount sequence of an allow-list root and remembers what each path is."""
+
+    def __init__(self, args: list[str]):
+        self.args = args
+        # mount points and made dirs -> "bind" (host content), "tmpfs" or "dir" (synthetic, empty)
+        self.kinds: dict[Path, str] = {Path("/"): "tmpfs"}
+        self.masks: list[Path] = []
+
+    def covering(self, path: Path) -> tuple[Path, str]:
+        best = max((p for p in self.kinds if p != path and _under(path, p)), key=lambda p: len(p.parts))
+        return best, self.kinds[best]
+
+    def visible(self, path: Path) -> bool:
+        """Would host content at path show through as things stand (it sits in a bind)?"""
+        return path in self.kinds and self.kinds[path] == "bind" or self.covering(path)[1] == "bind"
+
+    def parents(self, path: Path, perms: str) -> None:
+        """Make the missing parents of a mount point: synthetic dirs, by default not listable."""
+        for a in reversed(path.parents[:-1]):       # shallowest first, "/" excluded
+            if a in self.kinds:
+                continue
+            if self.covering(a)[1] == "bind":
+                continue                             # it exists in the host tree bound there
+            self.args += ["--perms", perms, "--dir", str(a)]
+            self.kinds[a] = "dir"
+
+    def mount(self, opt: str, src: str, dest: Path, kind: str, parent_perms: str = "0711") -> None:
+        self.parents(dest, parent_perms)
+        self.args += [opt, src, str(dest)]
+        self.kinds[dest] = kind
+
+    def tmpfs(self, dest: Path, perms: str, size: int, parent_perms: str = "0711") -> None:
+        self.parents(dest, parent_perms)
+        self.args += ["--perms", perms, "--size", str(size), "--tmpfs", str(dest)]
+        self.kinds[dest] = "tmpfs"
+
+
+def _system(plan: _Plan, mb: int) -> None:
+    """The fixed part: system libraries and tools, a few /etc entries, /dev, /proc, /tmp."""
+    for name in TOP_LINKS:
+        p = Path("/") / name
+        if p.is_symlink():
+            plan.args += ["--symlink", os.readlink(p), str(p)]
+            plan.kinds[p] = "dir"
+        elif p.is_dir():
+            plan.mount("--ro-bind", str(p), p, "bind")
+    plan.args += ["--perms", "0755", "--dir", "/usr", "--perms", "0755", "--dir", "/etc"]
+    plan.kinds[Path("/usr")] = plan.kinds[Path("/etc")] = "dir"
+    for name in USR_DIRS:
+        p = Path("/usr") / name
+        if p.is_dir() and not p.is_symlink():
+            plan.mount("--ro-bind", str(p), p, "bind", parent_perms="0755")
+    for name in ETC_ENTRIES:
+        p = Path("/etc") / name
+        if p.exists() or p.is_symlink():
+            if p.is_symlink():                       # /etc/localtime -> /usr/share/zoneinfo/...
+                plan.args += ["--symlink", os.readlink(p), str(p)]
+                plan.kinds[p] = "dir"
+            else:
+                plan.mount("--ro-bind", str(p), p, "bind")
+    plan.args += ["--dev", "/dev"]
+    plan.kinds[Path("/dev")] = "tmpfs"
+    # DataLoader workers need a writable /dev/shm; sized, and charged as memory
+    plan.tmpfs(Path("/dev/shm"), "1777", mb << 20)
+    plan.args += ["--proc", "/proc",
+                  # defence in depth: uid 65534 can't write root's sysctls anyway
+                  "--ro-bind", "/proc/sys", "/proc/sys",
+                  "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+    plan.kinds[Path("/proc")] = "tmpfs"
+    plan.tmpfs(Path("/tmp"), "1777", mb << 20)
+    gpus = sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri"))
+    for dev in gpus:                                 # GPUs, untested
+        plan.args += ["--dev-bind", dev, dev]
+    if gpus:                                         # the driver's NVML and the toolkit read these (untested)
+        plan.args += ["--ro-bind-try", "/sys", "/sys"]
+        for cuda in sorted(glob.glob("/usr/local/cuda*")):
+            plan.mount("--ro-bind", cuda, Path(cuda), "bind")
+
+
+def _setpriv() -> str:
+    return shutil.which("setpriv") or "/usr/bin/setpriv"
+
+
+def drop_argv() -> list[str]:
+    """What runs first inside bwrap: become SANDBOX_UID with nothing, then exec the command."""
+    return [_setpriv(), "--reuid", str(SANDBOX_UID), "--regid", str(SANDBOX_GID), "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
 def bwrap_argv(spec: SandboxSpec) -> list[str]:
-    """The full bwrap command line for spec (bwrap options, "--", spec.argv)."""
+    """The full bwrap command line for spec (bwrap options, "--", setpriv, spec.argv)."""
     mb = max(spec.memory_mb, 1)
     cwd = spec.cwd.resolve()
-    writable = [p.resolve() for p in spec.writable]
-    # the interpreter and its packages, wherever they live: a venv in a temporary clone sits
-    # under /tmp, which the sandbox replaces with a private tmpfs
-    interpreter = {p for p in (Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()) if _under(p, Path("/tmp"))}
-    readable = sorted({p.resolve() for p in spec.readable} | interpreter)
-    args = [shutil.which("bwrap") or "bwrap",
-            "--ro-bind", "/", "/",
-            "--dev", "/dev",
-            # DataLoader workers need a writable /dev/shm; sized, and counted as memory
-            "--size", str(mb << 20), "--tmpfs", "/dev/shm",
-            "--proc", "/proc",
-            # we run as root without capabilities: uid 0 may still write root-owned sysctls
-            # (core_pattern is an escape), so the sysctl tree must be read-only
-            "--ro-bind", "/proc/sys", "/proc/sys",
-            "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
-            "--size", str(mb << 20), "--tmpfs", "/tmp"]
-    for dev in sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri")):  # GPUs, untested
-        args += ["--dev-bind", dev, dev]
+    # priority on the same path: hidden > writable > readable
+    trees: dict[Path, int] = {}
+    for p in _interpreter_roots() + [cwd] + [p.resolve() for p in spec.readable]:
+        trees[p] = 0
+    for p in (p.resolve() for p in spec.writable):
+        trees[p] = 1
+    if Path("/") in trees:
+        raise ValueError("the sandbox never shows the host's / whole: name the directories it needs")
+    hidden = {p.resolve() for p in spec.hidden}
+    state = cwd / STATE_DIR_NAME                    # Charter's state, structurally never shown
+    if state.is_dir():
+        hidden.add(state)
+    for h in hidden:
+        trees[h] = 2
 
-    # Mounts are applied shallowest first so the deeper path wins: a run dir inside the hidden
-    # .charter/ stays writable, a val dir inside the writable cache stays hidden.
-    tmp = Path("/tmp")
-    visible_roots = [cwd] + writable + readable
-    mounts = []                     # (depth, order, args)
-    if _under(cwd, tmp):            # --tmpfs /tmp covered it: bind it back, read-only
-        mounts.append((len(cwd.parts), 0, ["--ro-bind", str(cwd), str(cwd)]))
-    for r in readable:
-        mounts.append((len(r.parts), 0, ["--ro-bind", str(r), str(r)]))
-    for w in writable:
-        mounts.append((len(w.parts), 1, ["--bind", str(w), str(w)]))
-    hidden_dirs = []
-    for h in (p.resolve() for p in spec.hidden):
-        if not h.exists():
-            continue                # nothing to hide
-        if _under(h, tmp) and not any(_under(h, r) for r in visible_roots):
-            continue                # already invisible under the private /tmp
-        if h.is_dir():
-            mounts.append((len(h.parts), 2, ["--size", "4096", "--tmpfs", str(h)]))
-            hidden_dirs.append(h)
-        else:
-            mounts.append((len(h.parts), 2, ["--ro-bind", "/dev/null", str(h)]))
-    for _, _, m in sorted(mounts, key=lambda m: (m[0], m[1])):
-        args += m
-    for h in hidden_dirs:           # read-only last: binds inside them needed their mount points
-        args += ["--remount-ro", str(h)]
+    args = [shutil.which("bwrap") or "bwrap", "--tmpfs", "/"]
+    plan = _Plan(args)
+    _system(plan, mb)
+    # Shallowest first so the deeper path wins: a run dir inside the masked .charter/ stays
+    # writable, a val dir inside a readable cache stays hidden.
+    for path, kind in sorted(trees.items(), key=lambda t: (len(t[0].parts), t[1], str(t[0]))):
+        if kind == 2:
+            if not path.exists() or not plan.visible(path):
+                continue                             # not there, or not shown anyway
+            if path.is_dir():
+                plan.tmpfs(path, "0755", 4096)
+                plan.masks.append(path)
+            else:
+                plan.mount("--ro-bind", "/dev/null", path, "bind")   # nodev: opening it fails
+        elif path.exists():
+            plan.mount("--bind" if kind == 1 else "--ro-bind", str(path), path, "bind")
+    # Unix sockets inside the shown trees (--unshare-net does not cover path-named ones): each
+    # covered by /dev/null, so connecting is refused whatever its mode. One made during the run
+    # is left to the uid: only a world-writable socket would take uid 65534.
+    user_trees = [t for t, kind in trees.items() if kind < 2 and not any(_under(t, r) for r in _interpreter_roots())]
+    for sock in _sockets(user_trees, hidden):
+        if plan.visible(sock):
+            plan.mount("--ro-bind", "/dev/null", sock, "bind")
+    for m in plan.masks:                            # read-only last: binds inside needed their mount points
+        args += ["--remount-ro", str(m)]
+    args += ["--remount-ro", "/"]
 
     if not spec.network:
         args.append("--unshare-net")
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session",
-             # bwrap run by root keeps every capability unless told: with CAP_SYS_ADMIN the
-             # code could unmount the tmpfs over the validation data, or set the host name
-             "--cap-drop", "ALL",
+             # bwrap runs as root: keep only what setpriv needs to become nobody and drop the rest
+             "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
              "--chdir", str(cwd), "--clearenv"]
     for key, value in spec.env.items():
         args += ["--setenv", key, value]
-    return args + ["--"] + list(spec.argv)
+    return args + ["--"] + drop_argv() + list(spec.argv)
+
+
+SOCKET_SCAN_LIMIT = 200_000         # entries looked at per run for sockets in the shown trees
+
+
+def _sockets(roots: list[Path], skip: set[Path]) -> list[Path]:
+    """Path-named Unix sockets under roots (not following links, not inside skip)."""
+    found, seen = [], 0
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            d = Path(dirpath)
+            dirnames[:] = [n for n in dirnames if d / n not in skip]
+            for name in filenames:
+                seen += 1
+                try:
+                    if stat.S_ISSOCK(os.lstat(d / name).st_mode):
+                        found.append(d / name)
+                except OSError:
+                    pass
+            if seen > SOCKET_SCAN_LIMIT:
+                return found
+    return found
+
+
+def _own_writable(spec: SandboxSpec) -> None:
+    """The writable paths (their top only, not what is inside) belong to the sandbox uid."""
+    for w in spec.writable:
+        try:
+            os.chown(w, SANDBOX_UID, SANDBOX_GID, follow_symlinks=False)
+        except OSError:
+            pass                                     # not root: the run will find it read-only
 
 
 def worker_prefix(spec: SandboxSpec) -> str:
-    """A shell-split prefix for EVAL_WORKER_PREFIX: the bwrap command of spec without an argv."""
-    return shlex.join(bwrap_argv(replace(spec, argv=[])))
+    """A shell-split prefix for EVAL_WORKER_PREFIX: this file as a trusted wrapper that gives the
+    worker its own limits (memory and tasks in its own cgroup nested in the evaluator's, or RLIMITs
+    only; RLIMIT_FSIZE and RLIMIT_NPROC; a wall-clock kill at spec.timeout_s), then the bwrap
+    command of spec without an argv. The worker's time is also bounded by the evaluator itself:
+    prepare.py's WORKER_TIMEOUT rejects a worker that stops answering, and the controller's
+    evaluate timeout kills the evaluator's whole tree, the worker included."""
+    _own_writable(spec)
+    wrapper = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "limit",
+               f"--memory-mb={max(spec.memory_mb, 1)}", f"--max-processes={spec.max_processes}",
+               f"--tasks={BWRAP_TASKS}", f"--max-file-mb={spec.max_file_mb}", f"--timeout-s={spec.timeout_s:g}"]
+    if not CGROUPS:
+        wrapper.append("--limits=poll")
+    wrapper.append("--")
+    return shlex.join(wrapper + bwrap_argv(replace(spec, argv=[])))
 
 
 @functools.lru_cache(maxsize=1)
@@ -163,11 +363,13 @@ def _probe_bwrap() -> str | None:
     """None when bwrap can set up our sandbox here, else the reason it can't."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (apt-get install bubblewrap)"
-    spec = SandboxSpec(argv=["true"], cwd=Path("/"), writable=[], hidden=[], env={"PATH": "/usr/bin:/bin"},
+    if shutil.which("setpriv") is None:
+        return "setpriv is not installed (apt-get install util-linux)"
+    spec = SandboxSpec(argv=["true"], cwd=Path(sys.prefix), writable=[], hidden=[], env={"PATH": "/usr/bin:/bin"},
                        timeout_s=10, memory_mb=16, max_processes=16, max_file_mb=1)
     try:
         out = subprocess.run(bwrap_argv(spec), capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
         return f"bwrap could not be started: {e}"
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()
@@ -179,13 +381,233 @@ _bwrap_ok = False                   # a successful probe is remembered for the p
 
 
 def detect_level() -> tuple[str, str]:
-    """("bubblewrap", "bwrap 0.8.0 works") when bwrap works here, else ("none", the reason)."""
+    """("bubblewrap", "bwrap 0.8.0 works ...") when bwrap works here, else ("none", the reason)."""
     global _bwrap_ok
     problem = _probe_bwrap()
     if problem:
         return "none", problem
     _bwrap_ok = True
-    return "bubblewrap", f"{_bwrap_version()} works"
+    return "bubblewrap", (f"{_bwrap_version()} works: allow-list root, uid {SANDBOX_UID} without capabilities, "
+                          f"limits by {limits_mechanism()}")
+
+
+# ---------------------------------------------------------------------------
+# cgroups
+
+def _read(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: Path, value) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _keyed(path: Path, key: str) -> int:
+    """The value of `key N` in a flat-keyed cgroup file (memory.oom_control, pids.events...), or 0."""
+    try:
+        for line in _read(path).splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_parents() -> tuple[str, dict[str, Path]] | None:
+    """Where this process's own groups are: ("v1", {"memory": dir, "pids": dir}) or ("v2", {"unified": dir})."""
+    try:
+        mine = {}
+        for line in _read(Path("/proc/self/cgroup")).splitlines():
+            _, ctrls, path = line.split(":", 2)
+            for c in ctrls.split(",") if ctrls else [""]:
+                mine[c] = path
+        mounts = []
+        for line in _read(Path("/proc/self/mountinfo")).splitlines():
+            left, _, right = line.partition(" - ")
+            l, r = left.split(), right.split()
+            if len(l) >= 5 and len(r) >= 3 and r[0] in ("cgroup", "cgroup2"):
+                mounts.append((r[0], l[3], l[4].replace("\\040", " "), set(r[2].split(","))))
+    except (OSError, ValueError):
+        return None
+
+    def place(mount_root: str, mountpoint: str, own: str) -> Path | None:
+        if mount_root != "/":
+            if own != mount_root and not own.startswith(mount_root + "/"):
+                return None
+            own = own[len(mount_root):]
+        d = Path(mountpoint) / own.lstrip("/")
+        return d if d.is_dir() else None
+
+    v1 = {}
+    for c in ("memory", "pids"):
+        for fstype, root, point, opts in mounts:
+            if fstype == "cgroup" and c in opts and c in mine and (d := place(root, point, mine[c])):
+                v1[c] = d
+                break
+    if "memory" in v1:
+        return "v1", v1
+    for fstype, root, point, _ in mounts:
+        if fstype == "cgroup2" and "" in mine and (d := place(root, point, mine[""])):
+            return "v2", {"unified": d}
+    return None
+
+
+@dataclass
+class _Cgroup:
+    """One run's group(s): created with its limits, read while it runs, removed after."""
+
+    kind: str                       # "cgroup-v1" or "cgroup-v2"
+    dirs: dict[str, Path]           # v1: {"memory": dir, "pids": dir (optional)}; v2: {"unified": dir}
+
+    @property
+    def has_pids(self) -> bool:
+        return "pids" in self.dirs or "unified" in self.dirs
+
+    def _f(self, controller: str, name: str) -> Path:
+        return self.dirs.get(controller, self.dirs.get("unified")) / name
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in dict.fromkeys(self.dirs.values())]
+
+    def pids(self) -> list[int]:
+        """Every process in the group and in groups nested in it (the evaluator's worker's)."""
+        found = set()
+        for top in dict.fromkeys(self.dirs.values()):
+            for d, _, _ in os.walk(top):
+                try:
+                    found.update(int(x) for x in _read(Path(d) / "cgroup.procs").split())
+                except (OSError, ValueError):
+                    pass
+        return sorted(found)
+
+    def usage_bytes(self) -> int:
+        name = "memory.usage_in_bytes" if self.kind == "cgroup-v1" else "memory.current"
+        try:
+            return int(_read(self._f("memory", name)))
+        except (OSError, ValueError):
+            return 0
+
+    def peak_bytes(self) -> int:
+        name = "memory.max_usage_in_bytes" if self.kind == "cgroup-v1" else "memory.peak"
+        try:
+            return int(_read(self._f("memory", name)))
+        except (OSError, ValueError):
+            return 0
+
+    def oom_kills(self) -> int:
+        """OOM kills in this group itself (v1 counts locally; v2's local file excludes nested groups)."""
+        if self.kind == "cgroup-v1":
+            return _keyed(self._f("memory", "memory.oom_control"), "oom_kill")
+        local = self._f("memory", "memory.events.local")
+        return _keyed(local if local.exists() else self._f("memory", "memory.events"), "oom_kill")
+
+    def pids_refused(self) -> int:
+        """Forks refused at pids.max."""
+        if not self.has_pids:
+            return 0
+        local = self._f("pids", "pids.events.local")
+        return _keyed(local if local.exists() else self._f("pids", "pids.events"), "max")
+
+    def kill_all(self) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def remove(self) -> None:
+        """Kill what is left and remove the group and any nested in it, deepest first."""
+        end = time.monotonic() + CGROUP_RMDIR_S
+        for top in dict.fromkeys(self.dirs.values()):
+            while True:
+                self.kill_all()
+                for d, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+                if not top.exists() or time.monotonic() > end:
+                    break
+                time.sleep(0.05)
+
+
+def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup | None:
+    """A fresh group under this process's own, limited to memory_mb and `tasks` tasks; None if the
+    machine doesn't let us (no cgroup fs, not root, v2 without delegated controllers)."""
+    if not CGROUPS:
+        return None
+    where = _cgroup_parents()
+    if where is None:
+        return None
+    kind, parents = where
+    _remove_stale(parents.values(), prefix)
+    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    limit = max(memory_mb, 1) << 20
+    made: dict[str, Path] = {}
+    try:
+        if kind == "v1":
+            for c, parent in parents.items():
+                try:
+                    (parent / name).mkdir()
+                except OSError:
+                    if c == "memory":
+                        raise
+                    continue                         # no pids group: RLIMIT_NPROC and the poll remain
+                made[c] = parent / name
+            _write(made["memory"] / "memory.limit_in_bytes", limit)
+            if (made["memory"] / "memory.memsw.limit_in_bytes").exists():
+                _write(made["memory"] / "memory.memsw.limit_in_bytes", limit)    # no escape into swap
+            if "pids" in made:
+                try:
+                    _write(made["pids"] / "pids.max", tasks)
+                except OSError:
+                    (made.pop("pids")).rmdir()
+            return _Cgroup("cgroup-v1", made)
+        parent = parents["unified"]
+        d = parent / name
+        d.mkdir()
+        made["unified"] = d
+        if not {"memory", "pids"} <= set(_read(d / "cgroup.controllers").split()):
+            _write(parent / "cgroup.subtree_control", "+memory +pids")     # fails with processes in parent
+        _write(d / "memory.max", limit)
+        for f, v in (("memory.swap.max", 0), ("memory.oom.group", 1)):
+            if (d / f).exists():
+                _write(d / f, v)
+        _write(d / "pids.max", tasks)
+        return _Cgroup("cgroup-v2", made)
+    except OSError:
+        for d in made.values():
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        return None
+
+
+def _remove_stale(parents, prefix: str) -> None:
+    """Groups a controller that died mid-run left behind (its pid is gone): empty, so removable."""
+    for parent in parents:
+        for d in parent.glob(f"{prefix}-*-*"):
+            pid = d.name[len(prefix) + 1:].split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                for sub, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
+                    try:
+                        os.rmdir(sub)
+                    except OSError:
+                        pass
+
+
+@functools.lru_cache(maxsize=1)
+def limits_mechanism() -> str:
+    """What a run started now would be limited by: "cgroup-v1", "cgroup-v2" or "poll"."""
+    group = _make_cgroup(16, 16, "charter-probe")
+    if group is None:
+        return "poll"
+    group.remove()
+    return group.kind
 
 
 # ---------------------------------------------------------------------------
@@ -221,12 +643,14 @@ def _tree(root: int) -> dict[int, int]:
 
 
 def _rss_bytes(pid: int) -> int:
-    """Anonymous + file-backed resident memory; shared memory is counted via the tmpfs instead."""
+    """Resident memory including shared memory (RssShmem: mmap(-1) MAP_SHARED, memfd, SysV).
+    Shared pages mapped by several processes count once per process: an over-estimate, the safe
+    side for a limit. Only used where no cgroup holds the limit."""
     total = 0
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith(("RssAnon:", "RssFile:")):
+                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
                     total += int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -252,8 +676,37 @@ def _tmpfs_bytes(pids) -> int:
     return total
 
 
-def _kill(pgid: int, known: dict[int, int]) -> None:
-    """SIGKILL the process group and every process ever seen in the tree (if still the same)."""
+def _memfd_bytes(pids) -> int:
+    """Memory held only through a file descriptor (a memfd written but not mapped is in no RSS)."""
+    seen, total = set(), 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).startswith("/memfd:"):
+                    continue
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def _polled_bytes(tree) -> int:
+    """The poll's view of a tree's memory where no cgroup counts it: resident memory with shared
+    memory, the private tmpfs, memfds. (SysV segments nobody maps are beyond it: a cgroup isn't.)"""
+    return sum(_rss_bytes(p) for p in tree) + _tmpfs_bytes(tree) + _memfd_bytes(tree)
+
+
+def _kill(pgid: int, known: dict[int, int], group: _Cgroup | None = None) -> None:
+    """SIGKILL the process group, every process ever seen in the tree (if still the same) and
+    everything in the run's cgroup (which holds orphans that left the tree, too)."""
     for _ in range(5):              # repeat: a process may fork while we kill
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -262,25 +715,62 @@ def _kill(pgid: int, known: dict[int, int]) -> None:
         known.update(_tree(pgid))
         # the start time guards against a recycled pid; zombies only wait to be reaped
         alive = [pid for pid, start in known.items() if (st := _stat(pid)) and st[1] == start and st[2] != b"Z"]
-        for pid in alive:
+        members = group.pids() if group else []
+        for pid in alive + members:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        if not alive:
+        if not alive and not members:
             return
         time.sleep(0.05)
 
 
-def _set_limits(spec: SandboxSpec) -> None:
-    # runs in the child before exec; bwrap and everything under it inherit these.
+def _terminate(pids) -> None:
+    """The stop signal: SIGTERM to each untrusted process, never to bwrap's own (bwrap exits on
+    SIGTERM and takes its child with it, which would make the stop a kill)."""
+    me = os.getpid()
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "bwrap":
+                    continue
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def _child_setup(max_file_mb: int, nproc: int, procs_files: list[str]) -> None:
+    # runs in the child before exec; bwrap and everything under it inherit all of this.
+    # Into the run's cgroup first, so nothing untrusted ever runs outside it.
+    for path in procs_files:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
     # No RLIMIT_AS: CPU torch.compile peaks at ~1 GB virtual for 0.4 GB resident and CUDA
-    # reserves far more address space than memory, so RSS polling is the memory limit.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (spec.max_file_mb << 20,) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (spec.max_processes,) * 2)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # reserves far more address space than memory; the cgroup (or the poll) is the memory limit.
+    _lower(resource.RLIMIT_FSIZE, max_file_mb << 20)
+    # per uid on the whole host; root (level "none") is exempt, uid 65534 is not
+    _lower(resource.RLIMIT_NPROC, nproc)
+    _lower(resource.RLIMIT_CORE, 0)
     # die with the controller even at level "none" (bwrap has --die-with-parent for its own)
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _lower(which: int, value: int) -> None:
+    """Set a limit, never above the inherited hard one: raising it needs CAP_SYS_RESOURCE (the
+    evaluator's worker wrapper inherits the evaluator's limits)."""
+    hard = resource.getrlimit(which)[1]
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
+def _nproc(max_processes: int, tasks: int, group: _Cgroup | None) -> int:
+    # with a pids group, RLIMIT_NPROC is a backstop one above what pids.max lets this run reach,
+    # so a run meets the group's limit first, and that one is counted (pids.events) and reported
+    return max_processes + tasks + 1 if group and group.has_pids else max_processes
 
 
 PR_SET_PDEATHSIG = 1
@@ -320,9 +810,15 @@ class _Log:
 def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = None) -> SandboxResult:
     """Run spec at level ("bubblewrap" or "none") to its end, or kill its tree at a limit.
 
-    Level "none" applies env, cwd, rlimits, the limits and the kill, but not writable/hidden/network.
+    Level "none" applies env, cwd, rlimits, the cgroup, the limits and the kill, but not the
+    file-system view, the uid or the network.
     """
     global _bwrap_ok
+    t0 = time.monotonic()           # the run's clock: the stop, the timeout and exit_seconds count from here
+    stop_at = t0 + spec.stop_after_s if spec.stop_after_s is not None else None
+    if stop_at is not None and spec.stop_env:
+        told = time.time() + spec.stop_after_s + STOP_LEAD_S
+        spec = replace(spec, env={**spec.env, spec.stop_env: f"{told:.3f}"})
     if level == "bubblewrap":
         if not _bwrap_ok:
             problem = _probe_bwrap()
@@ -330,59 +826,86 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 raise SandboxUnavailable(problem)
             _bwrap_ok = True
         argv, cwd, env = bwrap_argv(spec), "/", {}
+        _own_writable(spec)
+        extra = BWRAP_TASKS
     elif level == "none":
         argv, cwd, env = list(spec.argv), str(spec.cwd), dict(spec.env)
+        extra = 0
     else:
         raise ValueError(f"unknown sandbox level {level!r}: use 'bubblewrap' or 'none'")
 
+    group = _make_cgroup(spec.memory_mb, spec.max_processes + extra)
+    limits = group.kind if group else "poll"
     log = _Log(spec.stdout_path)
-    t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=functools.partial(_set_limits, spec))
-    except OSError as e:
+                                preexec_fn=functools.partial(_child_setup, spec.max_file_mb,
+                                                             _nproc(spec.max_processes, extra, group),
+                                                             group.procs_files() if group else []))
+    except (OSError, subprocess.SubprocessError) as e:
+        if group:
+            group.remove()
         log.write(f"[charter: could not start {argv[0]}: {e}]\n".encode())
-        return SandboxResult(None, False, False, 0.0, 0.0, level, log.close(), "")
+        return SandboxResult(None, False, False, 0.0, 0.0, level, log.close(), "", limits=limits)
     if on_start:
         on_start(proc.pid)
+    try:
+        pidfd = os.pidfd_open(proc.pid)             # wakes the loop the moment the main process exits
+    except (AttributeError, OSError):
+        pidfd = None
 
     fd = proc.stdout.fileno()
     known: dict[int, int] = {}      # every pid seen in the tree, to kill orphans later
-    peak, reason, eof, last_poll = 0, "", False, 0.0
+    peak, reason, eof, last_poll, stopped, exited = 0, "", False, 0.0, False, None
     deadline = t0 + spec.timeout_s
     try:
         while True:
-            if eof:
-                time.sleep(POLL_S)
-            elif select.select([fd], [], [], POLL_S)[0]:
+            wait = POLL_S
+            if stop_at is not None and not stopped:          # wake for the stop on time, not a poll late
+                wait = max(0.0, min(POLL_S, stop_at - time.monotonic()))
+            waits = ([] if eof else [fd]) + ([pidfd] if pidfd is not None else [])
+            ready = select.select(waits, [], [], wait)[0] if waits else time.sleep(wait) or []
+            if fd in ready:
                 chunk = os.read(fd, 1 << 16)
                 if chunk:
                     log.write(chunk)
                 else:
                     eof = True
             if proc.poll() is not None:
+                exited = time.monotonic()
                 break
             now = time.monotonic()
+            if stop_at is not None and not stopped and now >= stop_at:
+                _terminate(set(_tree(proc.pid)) | set(group.pids() if group else []))
+                stopped = True
             if now - last_poll < POLL_S:
                 continue
             last_poll = now
             tree = _tree(proc.pid)
             known.update(tree)
-            used = sum(_rss_bytes(p) for p in tree) + _tmpfs_bytes(tree)
-            peak = max(peak, used)
+            if group:
+                peak = max(peak, group.usage_bytes())
+                over_memory = group.oom_kills() > 0  # the kernel killed one of them at the limit
+                over_tasks = group.pids_refused() > 0
+            else:
+                used = _polled_bytes(tree)
+                peak = max(peak, used)
+                over_memory, over_tasks = used > spec.memory_mb << 20, False
             if now >= deadline:
                 reason = "timeout"
-            elif used > spec.memory_mb << 20:
+            elif over_memory:
                 reason = "memory"
-            elif len(tree) - (level == "bubblewrap") * 2 > spec.max_processes:  # bwrap's 2 don't count
+            elif over_tasks or len(tree) - extra > spec.max_processes:   # bwrap's 2 don't count
                 reason = "processes"
             if reason:
                 break
     finally:
         # whatever happened, nothing we started outlives this call
-        _kill(proc.pid, known)
+        _kill(proc.pid, known, group)
         proc.wait()
+        if pidfd is not None:
+            os.close(pidfd)
         end = time.monotonic() + DRAIN_S
         while not eof and time.monotonic() < end:
             if select.select([fd], [], [], 0.1)[0]:
@@ -390,6 +913,15 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 eof = not chunk
                 log.write(chunk)
         proc.stdout.close()
+        if group:
+            # a limit the kernel enforced ends the run as surely as our kill: an OOM-killed
+            # worker process or a refused fork is reported even when the main process then exited
+            peak = max(peak, group.peak_bytes())
+            if not reason and group.oom_kills():
+                reason = "memory"
+            elif not reason and group.pids_refused():
+                reason = "processes"
+            group.remove()
     if reason:
         log.write(f"\n[charter: killed by the sandbox: {reason}]\n".encode())
     return SandboxResult(
@@ -401,4 +933,87 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
         level=level,
         log_tail=log.close(),
         kill_reason=reason,
+        limits=limits,
+        stopped=stopped,
+        exit_seconds=None if reason or exited is None else exited - t0,
+        unprivileged=level == "bubblewrap",
     )
+
+
+# ---------------------------------------------------------------------------
+# the evaluator worker's own limits: `python -I -S sandbox.py limit --memory-mb=N ... -- CMD...`
+
+def _limit_main(argv: list[str]) -> int:
+    """Trusted wrapper (root, started by the evaluator): runs CMD in its own cgroup nested in the
+    caller's, with RLIMIT_FSIZE/NPROC and a wall-clock kill; exits with CMD's status."""
+    try:
+        split = argv.index("--")
+        opts = dict(a.removeprefix("--").split("=", 1) for a in argv[:split])
+        memory_mb, max_processes = int(opts["memory-mb"]), int(opts["max-processes"])
+        tasks, max_file_mb, timeout_s = int(opts.get("tasks", 0)), int(opts["max-file-mb"]), float(opts["timeout-s"])
+        cmd = argv[split + 1:]
+    except (ValueError, KeyError) as e:
+        print(f"[charter: sandbox.py limit: bad arguments: {e}]", file=sys.stderr)
+        return 2
+    if not cmd:
+        print("[charter: sandbox.py limit: no command]", file=sys.stderr)
+        return 2
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)   # die with the evaluator
+    group = None if opts.get("limits") == "poll" else _make_cgroup(memory_mb, max_processes + tasks, "worker")
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=functools.partial(
+            _child_setup, max_file_mb, _nproc(max_processes, tasks, group), group.procs_files() if group else []))
+    except (OSError, subprocess.SubprocessError) as e:
+        if group:
+            group.remove()
+        print(f"[charter: could not start the model worker: {e}]", file=sys.stderr)
+        return 127
+    # the worker holds the protocol pipes now; ours would keep the evaluator from seeing its EOF
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    known: dict[int, int] = {}
+    why = ""
+
+    def stop(*_):
+        _kill(proc.pid, known, group)
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, stop)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            tree = _tree(proc.pid)
+            known.update(tree)
+            if time.monotonic() > deadline:
+                why = f"ran past {timeout_s:g} s"
+            elif group is None and _polled_bytes(tree) > memory_mb << 20:
+                why = f"exceeded its memory limit of {memory_mb} MB"
+            elif group is not None and (group.oom_kills() or group.pids_refused()):
+                break                               # the kernel enforced it; reported below
+            if why:
+                break
+    finally:
+        _kill(proc.pid, known, group)
+        rc = proc.wait()
+    if group:
+        if not why and group.oom_kills():
+            why = f"exceeded its memory limit of {memory_mb} MB"
+        elif not why and group.pids_refused():
+            why = f"reached its limit of {max_processes} tasks"
+        group.remove()
+    if why:
+        print(f"[charter: the model worker {why} and was killed]", file=sys.stderr)
+        return 137
+    return rc if rc >= 0 else 128 - rc
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["limit"]:
+        sys.exit(_limit_main(sys.argv[2:]))
+    sys.exit("usage: sandbox.py limit --memory-mb=N --max-processes=N --max-file-mb=N --timeout-s=S [--tasks=N] "
+             "[--limits=poll] -- CMD...")
