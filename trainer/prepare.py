@@ -16,14 +16,18 @@ Cache ($CHARTER_CACHE_DIR or ~/.cache/charter):
 
 import argparse
 import base64
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import select
 import shlex
 import shutil
+import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -85,7 +89,7 @@ MAX_SEQ_LEN = _P["seq_len"]        # context length of training and evaluation
 VOCAB_SIZE = _P["vocab_size"]      # tokenizer size, special tokens included
 EVAL_TOKENS = _P["eval_tokens"]    # validation tokens scored by evaluate
 TIME_BUDGET = _P["time_budget"]    # training seconds (compile warm-up excluded)
-EVAL_BATCH = _P["eval_batch"]      # rows per evaluation batch
+EVAL_BATCH = int(os.environ.get("CHARTER_EVAL_BATCH") or _P["eval_batch"])  # rows per evaluation batch
 
 CACHE_DIR = os.path.abspath(os.path.expanduser(os.environ.get("CHARTER_CACHE_DIR") or "~/.cache/charter"))
 DATA_DIR = os.path.join(CACHE_DIR, "data")
@@ -447,17 +451,36 @@ def make_dataloader(batch_size, seq_len=MAX_SEQ_LEN, device="cpu", seed=0):
         yield batch[:, :-1], batch[:, 1:]
 
 # ---------------------------------------------------------------------------
-# Evaluation (trusted): the evaluator sends token batches to an untrusted worker that only
-# runs the model and returns float32 logits; the loss is computed here.
+# Evaluation (trusted). The evaluator reads the run's model files itself (no symlinks, regular
+# files only, bounded sizes) and hands the same bytes to untrusted worker processes that only run
+# the model and return float32 logits; the loss is computed here, from those logits.
+#
+# Two workers, started the same way and sharing nothing (other processes, each with its own fresh
+# empty directory as cwd, HOME and TMPDIR, or whatever the sandbox prefix gives it):
+#   1. the scoring worker answers every validation row, in batches shuffled per evaluation;
+#   2. a fresh checking worker, only after the first one is gone, answers the check rows:
+#      probe rows (a real row whose tail is replaced by tokens of another real row) and unaltered
+#      control rows, batched like real rows. At the kept positions of a probe, and everywhere in a
+#      control, its log-probabilities must match the scoring worker's for the original row. A model
+#      that reads later tokens, mixes rows of a batch or answers from what it saw before cannot pass
+#      this: the checking worker has seen none of the scoring worker's rows or answers.
+# Which rows are checked, where they are cut, what replaces their tails and how rows are batched
+# are drawn from os.urandom afresh by every evaluation.
 
-EVAL_PROBE_BATCHES = 2      # causality probe batches mixed among the real ones
-PROBE_ATOL = 1e-3           # logits at positions <= p may move this much (plus PROBE_RTOL * |logit|)
-PROBE_RTOL = 1e-3
-WORKER_TIMEOUT = float(os.environ.get("CHARTER_EVAL_TIMEOUT", "900"))  # seconds without an answer
+EVAL_CHECK_ROWS = 64        # rows the checking worker answers at most: 3/4 probes, 1/4 controls
+# the workers' log-probabilities (not logits: a shift of all logits would widen a tolerance relative
+# to them, and hide a nudge) may differ this much, plus PROBE_RTOL * |log-probability|
+PROBE_ATOL = 1e-3
+PROBE_RTOL = 1e-4
+EVAL_MAX_FILE_BYTES = 1 << 20     # config.json and the model source
+EVAL_MAX_WEIGHTS_BYTES = 4 << 30  # the weights
+RUN_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+WORKER_TIMEOUT = float(os.environ.get("CHARTER_EVAL_TIMEOUT", "900"))  # seconds without progress
+WORKER_LOG_BYTES = 64 << 10       # tail of each worker's stderr kept in the local log of a rejection
 
 
 class Rejected(Exception):
-    """The run cannot be scored; the reason goes into evaluation.json."""
+    """The run cannot be scored; the reason (the evaluator's own words) goes into the result."""
 
 
 def validation_rows(enc, n_rows, seq_len=MAX_SEQ_LEN):
@@ -472,193 +495,358 @@ def validation_rows(enc, n_rows, seq_len=MAX_SEQ_LEN):
     raise PrepareError(f"validation split has only {len(rows) * seq_len} tokens; lower CHARTER_EVAL_TOKENS")
 
 
-def _write_all(f, data):
-    view = memoryview(data).cast("B")
-    while len(view):
-        view = view[f.write(view):]
+def _read_run_file(dir_fd, name, limit):
+    """Bytes of one file of the run: never through a symlink, only a regular file, at most limit bytes."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise Rejected(f"run file {name} is missing")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Rejected(f"run file {name} is a symbolic link (refused)")
+        raise Rejected(f"run file {name} cannot be opened ({errno.errorcode.get(e.errno, e.errno)})")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected(f"run file {name} is not a regular file (refused)")
+        if st.st_size > limit:
+            raise Rejected(f"run file {name} is larger than {limit} bytes (refused)")
+        data = bytearray()
+        while len(data) <= limit:  # the size may lie (or grow): read at most limit + 1 bytes
+            chunk = os.read(fd, min(1 << 24, limit + 1 - len(data)))
+            if not chunk:
+                return bytes(data)
+            data += chunk
+        raise Rejected(f"run file {name} is larger than {limit} bytes (refused)")
+    finally:
+        os.close(fd)
+
+
+def read_model_files(run_dir):
+    """config.json, the model source and the weights of a run, checked; the workers get these bytes."""
+    try:
+        dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise Rejected("run directory cannot be opened")
+    try:
+        try:
+            config = json.loads(_read_run_file(dir_fd, "config.json", EVAL_MAX_FILE_BYTES))
+        except (ValueError, UnicodeDecodeError):
+            raise Rejected("config.json is not valid JSON")
+        if not isinstance(config, dict):
+            raise Rejected("config.json is not a JSON object")
+        entry = config.get("entry", "build_model")
+        kwargs = config.get("kwargs", {})
+        source = config.get("source", "model_source.py")
+        weights = config.get("weights", "model.pt")
+        if not (isinstance(entry, str) and entry.isidentifier() and len(entry) <= 100):
+            raise Rejected("config.json: entry is not a Python name")
+        if not isinstance(kwargs, dict):
+            raise Rejected("config.json: kwargs is not an object")
+        for key, name in (("source", source), ("weights", weights)):
+            if not (isinstance(name, str) and RUN_FILE_NAME.fullmatch(name)) or name == "config.json":
+                raise Rejected(f"config.json: {key} is not a plain file name of the run")
+        source_bytes = _read_run_file(dir_fd, source, EVAL_MAX_FILE_BYTES)
+        weights_bytes = _read_run_file(dir_fd, weights, EVAL_MAX_WEIGHTS_BYTES)
+    finally:
+        os.close(dir_fd)
+    try:
+        source_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(f"run file {source} is not UTF-8 text")
+    header = json.dumps(dict(entry=entry, kwargs=kwargs, source=source)).encode()
+    return [b"CHARTER2" + struct.pack("<IIQ", len(header), len(source_bytes), len(weights_bytes)) + header,
+            source_bytes, weights_bytes]
 
 
 class _Worker:
-    """The untrusted model worker: a subprocess speaking a tiny binary protocol over stdin/stdout."""
+    """An untrusted model worker: a subprocess speaking a tiny binary protocol over stdin/stdout.
 
-    def __init__(self, run_dir, stderr_file):
-        cmd = [sys.executable, os.path.abspath(__file__), "_worker", os.path.abspath(run_dir)]
+    It starts with a fresh empty directory as cwd, HOME and TMPDIR (removed at close) inside the
+    sandbox given by $EVAL_WORKER_PREFIX, if any; its stderr goes to a private temporary file."""
+
+    def __init__(self, name):
+        self.name = name
+        self.home = tempfile.mkdtemp(prefix="charter-worker-")
+        self.err = tempfile.TemporaryFile()
+        self.proc = None
+        cmd = [sys.executable, os.path.abspath(__file__), "_worker"]
         prefix = os.environ.get("EVAL_WORKER_PREFIX")
         if prefix:
             cmd = shlex.split(prefix) + cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file,
-                                     bufsize=0)
+        env = dict(os.environ, HOME=self.home, TMPDIR=self.home)
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                         cwd=self.home, env=env, bufsize=0, start_new_session=True)
+        except OSError:
+            shutil.rmtree(self.home, ignore_errors=True)
+            self.err.close()
+            raise Rejected(f"{name} could not be started")
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 fcntl.fcntl(pipe.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ: fewer, larger reads
             except OSError:
                 pass
+        os.set_blocking(self.proc.stdin.fileno(), False)  # writes wait in select, with a timeout
         self.out = self.proc.stdout
 
-    def _read(self, n):
+    def _gone(self, doing=""):
+        """The worker closed its pipes: say how it ended, in the evaluator's own words."""
+        try:
+            code = self.proc.wait(timeout=5)
+            how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+        except subprocess.TimeoutExpired:
+            how = "closed its pipes"
+        return Rejected(f"{self.name} {how}{doing}")
+
+    def send_model(self, parts):
+        for part in parts:
+            self._send(part)
+
+    def _send(self, data):
+        fd, view = self.proc.stdin.fileno(), memoryview(data).cast("B")
+        while len(view):
+            _, ready, _ = select.select([], [fd], [], WORKER_TIMEOUT)
+            if not ready:
+                raise Rejected(f"{self.name} took no input for {WORKER_TIMEOUT:.0f}s")
+            try:
+                view = view[os.write(fd, view[:1 << 20]):]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise self._gone()
+
+    def _read(self, n, doing=""):
         buf = bytearray(n)
         view, got = memoryview(buf), 0
         while got < n:
             ready, _, _ = select.select([self.out], [], [], WORKER_TIMEOUT)
             if not ready:
-                raise Rejected(f"model worker gave no answer within {WORKER_TIMEOUT:.0f}s")
+                raise Rejected(f"{self.name} gave no answer within {WORKER_TIMEOUT:.0f}s")
             k = self.out.readinto(view[got:])
             if not k:
-                raise Rejected("model worker exited early")
+                raise self._gone(doing)
             got += k
         return buf
 
     def wait_ready(self):
-        if bytes(self._read(8)) != b"CHARTER1":
-            raise Rejected("model worker spoke an unknown protocol")
+        if bytes(self._read(8, " before it had loaded the model")) != b"CHARTER2":
+            raise Rejected(f"{self.name} spoke an unknown protocol")
 
-    def send(self, tokens):
+    def ask(self, tokens, vocab):
+        """float32 logits (b, t, vocab) for int tokens (b, t)."""
         b, t = tokens.shape
-        try:
-            _write_all(self.proc.stdin, struct.pack("<II", b, t) + np.ascontiguousarray(tokens, dtype="<i4").tobytes())
-        except BrokenPipeError:
-            raise Rejected("model worker exited early")
-
-    def receive(self, b, t, vocab):
+        self._send(struct.pack("<II", b, t) + np.ascontiguousarray(tokens, dtype="<i4").tobytes())
         shape = struct.unpack("<III", self._read(12))
-        if shape != (b, t, vocab):
-            raise Rejected(f"model returned logits of shape {shape}, expected {(b, t, vocab)}")
+        if shape != (b, t, vocab):  # what it sent is not repeated: the reason has only the evaluator's words
+            raise Rejected(f"model returned logits of the wrong shape, expected {(b, t, vocab)}")
         out = np.frombuffer(self._read(b * t * vocab * 4), dtype="<f4").reshape(b, t, vocab)
         if not np.isfinite(out).all():
             raise Rejected("model returned non-finite logits")
         return out
 
     def close(self):
-        try:
-            _write_all(self.proc.stdin, struct.pack("<II", 0, 0))
+        """Kill the worker and anything it started, and remove its directory. Idempotent."""
+        if self.proc is not None:
+            if self.proc.returncode is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # its process group: stragglers too
+                except OSError:
+                    pass
+                self.proc.wait()
             self.proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.stdout.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def stderr_tail(self):
+        self.err.seek(0, os.SEEK_END)
+        self.err.seek(max(0, self.err.tell() - WORKER_LOG_BYTES))
+        return self.err.read().decode("utf-8", "replace")
 
 
-def _stderr_tail(f, limit=300):
-    f.seek(0)
-    lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
-    return lines[-1][:limit] if lines else ""
+def _check_plan(rows, rng):
+    """Check rows for the fresh worker: probes (row, cut, tokens) and controls (row)."""
+    n_rows, seq_len = rows.shape[0], rows.shape[1] - 1
+    n_check = min(EVAL_CHECK_ROWS, n_rows, max(n_rows // 4, 8))
+    check = [int(i) for i in rng.choice(n_rows, size=n_check, replace=False)]
+    controls, probed = check[:n_check // 4], check[n_check // 4:]
+    # tails come from rows the checking worker does not see otherwise, where there are such rows
+    donors = np.setdiff1d(np.arange(n_rows), check) if n_rows >= 2 * n_check else np.arange(n_rows)
+    probes = []
+    for i in probed:
+        cut = int(rng.integers(0, seq_len - 1))  # positions 0..cut are kept, cut+1.. come from another row
+        tail = seq_len - cut - 1
+        pool = donors[donors != i] if n_rows > 1 else donors
+        for _ in range(32):  # the first replaced token must differ from the original one
+            j = int(rng.choice(pool))
+            start = int(rng.integers(0, seq_len + 2 - tail))
+            new = rows[j, start:start + tail]
+            if new[0] != rows[i, cut + 1]:
+                break
+        probes.append((i, cut, np.concatenate([rows[i, :cut + 1], new])))
+    return probes, controls
+
+
+def _batches(items, rng):
+    """items in a random order, in batches of EVAL_BATCH, the batches in a random order."""
+    items = [items[k] for k in rng.permutation(len(items))]
+    batches = [items[k:k + EVAL_BATCH] for k in range(0, len(items), EVAL_BATCH)]
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def _close_enough(a, b):
+    return bool(np.all(np.abs(a - b) <= PROBE_ATOL + PROBE_RTOL * np.abs(a)))
+
+
+def _write_private(path, text):
+    """Write text to path through a fresh temporary file and a rename: never through a link at path."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".evaluation-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def evaluate(run_dir, out_path=None):
-    """Score a run: val_bpb over the first EVAL_TOKENS validation tokens, plus the causality probe."""
-    import torch
+    """Score a run: val_bpb over the first EVAL_TOKENS validation tokens, plus the causality check."""
     t0 = time.time()
+    out_path = out_path or os.path.join(run_dir, "evaluation.json")
     manifest = verify_data()
     enc = load_tokenizer()
     token_bytes = load_token_bytes()
     vocab = enc.n_vocab
     n_rows = math.ceil(EVAL_TOKENS / MAX_SEQ_LEN)
-    rows = validation_rows(enc, n_rows)
     result = dict(status="rejected", reason="", val_bpb=None, val_loss=None, eval_tokens=n_rows * MAX_SEQ_LEN,
                   eval_bytes=None, causality="not checked", profile=PROFILE, seq_len=MAX_SEQ_LEN,
                   vocab_size=vocab, data_hash=manifest["data_hash"], tokenizer_hash=tokenizer_hash(),
-                  run_dir=os.path.abspath(run_dir), eval_seconds=None)
-    # schedule: real batches in order, probe batches at secret random places
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    real = [("real", i, rows[i:i + EVAL_BATCH]) for i in range(0, n_rows, EVAL_BATCH)]
-    probes = []
-    for _ in range(EVAL_PROBE_BATCHES):
-        pick = rng.choice(n_rows, size=min(EVAL_BATCH, n_rows), replace=False)
-        cut = rng.integers(0, MAX_SEQ_LEN - 1, size=len(pick))  # keep positions <= cut
-        batch = rows[pick].copy()
-        for r, p in enumerate(cut):
-            batch[r, p + 1:] = rng.integers(0, vocab, size=batch.shape[1] - p - 1)
-        probes.append(("probe", (pick, cut), batch))
-    schedule = list(real)
-    for probe in probes:
-        schedule.insert(int(rng.integers(0, len(schedule) + 1)), probe)
-    probe_rows = {int(i) for _, (pick, _), _ in probes for i in pick}
-    kept = {}        # original logits of probed rows
-    probe_out = []   # (pick, cut, probe logits)
-    nats, nbytes = 0.0, 0
-    tb = torch.from_numpy(token_bytes.astype(np.int64))
-    with tempfile.TemporaryFile() as err:
-        worker = _Worker(run_dir, err)
-        try:
-            worker.wait_ready()
-            for kind, key, batch in schedule:
-                # one batch at a time: overlapping worker and scorer only made them fight for the cores
-                worker.send(batch[:, :-1])
-                logits = worker.receive(len(batch), MAX_SEQ_LEN, vocab)
-                if kind == "probe":
-                    probe_out.append((key[0], key[1], logits))
-                    continue
-                for r in range(len(batch)):
-                    if key + r in probe_rows:
-                        kept[key + r] = logits[r].copy()
-                targets = torch.from_numpy(batch[:, 1:].astype(np.int64))
-                logp = torch.log_softmax(torch.from_numpy(logits), dim=-1)
-                nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-                nb = tb[targets]
-                nats += float((nll * (nb > 0)).sum())
-                nbytes += int(nb.sum())
-            worker.close()
-            bad = 0
-            for pick, cut, plog in probe_out:
-                for r, (i, p) in enumerate(zip(pick, cut)):
-                    a, b = kept[int(i)][:p + 1], plog[r, :p + 1]
-                    if not np.all(np.abs(a - b) <= PROBE_ATOL + PROBE_RTOL * np.abs(a)):
-                        bad += 1
-            if bad:
-                result["causality"] = f"failed on {bad} probe rows"
+                  run_dir=os.path.abspath(run_dir), eval_seconds=None, probe_rows=0, control_rows=0)
+    workers = []
+    try:
+        model_files = read_model_files(run_dir)
+        # both workers start now: their start-up overlaps each other and the data preparation
+        scorer = _Worker("model worker")
+        workers.append(scorer)
+        checker = _Worker("checking model worker")
+        workers.append(checker)
+        for w in workers:
+            w.send_model(model_files)
+        del model_files
+        rows = validation_rows(enc, n_rows)
+        import torch
+        tb = torch.from_numpy(token_bytes.astype(np.int64))
+
+        rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+        probes, controls = _check_plan(rows, rng)
+        keep = {i: cut + 1 for i, cut, _ in probes} | {i: MAX_SEQ_LEN for i in controls}
+        kept = {}  # the scoring worker's log-probabilities of the check rows, at the positions compared
+        row_nats, row_bytes = np.zeros(n_rows), np.zeros(n_rows, dtype=np.int64)
+        scorer.wait_ready()
+        for idx in _batches(list(range(n_rows)), rng):
+            # one batch at a time: overlapping worker and scorer only made them fight for the cores
+            batch = rows[idx]
+            logp = torch.log_softmax(torch.from_numpy(scorer.ask(batch[:, :-1], vocab)), dim=-1)
+            for r, i in enumerate(idx):
+                if i in keep:
+                    kept[i] = logp[r, :keep[i]].numpy().copy()
+            targets = torch.from_numpy(batch[:, 1:].astype(np.int64))
+            nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+            nb = tb[targets]
+            row_nats[idx] = (nll * (nb > 0)).sum(dim=1).numpy()
+            row_bytes[idx] = nb.sum(dim=1).numpy()
+        scorer.close()  # gone, with anything it started, before the checking worker sees a row
+
+        checker.wait_ready()
+        bad_probes = bad_controls = 0
+        items = probes + [(i, None, rows[i, :-1]) for i in controls]
+        for batch in _batches(items, rng):
+            logits = checker.ask(np.stack([tokens for _, _, tokens in batch]), vocab)
+            logp = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+            for r, (i, cut, _) in enumerate(batch):
+                if not _close_enough(kept[i], logp[r, :keep[i]]):
+                    if cut is None:
+                        bad_controls += 1
+                    else:
+                        bad_probes += 1
+        checker.close()
+        result.update(probe_rows=len(probes), control_rows=len(controls))
+        if bad_probes or bad_controls:
+            result["causality"] = (f"failed on {bad_probes} of {len(probes)} probe rows and "
+                                   f"{bad_controls} of {len(controls)} control rows")
+            if bad_probes:
                 raise Rejected("model is not causal: logits changed when only later tokens changed")
-            result["causality"] = "ok"
-            result.update(status="ok", val_loss=nats / max(1, n_rows * MAX_SEQ_LEN),
-                          val_bpb=nats / (math.log(2) * nbytes), eval_bytes=nbytes)
-        except Rejected as e:
-            worker.proc.kill()
-            worker.proc.wait()
-            tail = _stderr_tail(err)
-            result["reason"] = str(e) + (f" (worker stderr, untrusted: {tail!r})" if tail else "")
-        result["probe_rows"] = sum(len(p) for p, _, _ in probe_out)
+            raise Rejected("model is not consistent: a fresh model worker gave other logits for the same "
+                           "rows (answers that depend on earlier batches or on other rows of a batch)")
+        result["causality"] = "ok"
+        nats, nbytes = math.fsum(row_nats), int(row_bytes.sum())  # fsum: the same in any row order
+        result.update(status="ok", val_loss=nats / max(1, n_rows * MAX_SEQ_LEN),
+                      val_bpb=nats / (math.log(2) * nbytes), eval_bytes=nbytes)
+    except Rejected as e:
+        result["reason"] = str(e)
+        for w in workers:
+            w.close()
+        # what the workers wrote to stderr may help a person; it stays in a local file, never in the result
+        log = "".join(f"== {w.name}, exit code {w.proc.returncode} (untrusted output) ==\n{tail}\n"
+                      for w in workers if w.proc is not None and (tail := w.stderr_tail()).strip())
+        if log:
+            _write_private(os.path.splitext(out_path)[0] + ".worker.log", log)
+    finally:
+        for w in workers:
+            w.close()
+            w.err.close()
     result["eval_seconds"] = round(time.time() - t0, 3)
-    out_path = out_path or os.path.join(run_dir, "evaluation.json")
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    _write_private(out_path, json.dumps(result, indent=1))
     return result
 
 
-def _worker_main(run_dir):
-    """Runs UNTRUSTED model code. Never reads data; only answers logits for the tokens it is sent."""
+def _worker_main():
+    """Runs UNTRUSTED model code. Never reads data or the run: the evaluator sends the model's
+    files and then token batches; it answers only logits."""
     proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
     proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # anything the model code prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
-    import importlib.util
+
+    def read(n):
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = proto_in.readinto(view[got:])
+            if not k:
+                sys.exit(0)
+            got += k
+        return buf
+
+    # the model's files first, before the slow imports, so that the evaluator is not kept waiting
+    if bytes(read(8)) != b"CHARTER2":
+        sys.exit("unknown protocol")
+    header_len, source_len, weights_len = struct.unpack("<IIQ", read(16))
+    header = json.loads(bytes(read(header_len)))
+    source = bytes(read(source_len)).decode("utf-8")
+    weights = read(weights_len)
+    import io
+    import linecache
+    import types
     import torch
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
-    source = os.path.join(run_dir, os.path.basename(config.get("source", "model_source.py")))
-    weights = os.path.join(run_dir, os.path.basename(config.get("weights", "model.pt")))
-    spec = importlib.util.spec_from_file_location("model_source", source)
-    module = importlib.util.module_from_spec(spec)
+    filename = os.path.abspath(header["source"])  # in the worker's own directory, not the run's
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # for tracebacks
+    module = types.ModuleType("model_source")
+    module.__file__ = filename
     sys.modules["model_source"] = module
-    spec.loader.exec_module(module)
-    model = getattr(module, config.get("entry", "build_model"))(**config.get("kwargs", {}))
-    state = torch.load(weights, map_location="cpu", weights_only=True)  # never arbitrary pickle
+    exec(compile(source, filename, "exec"), module.__dict__)
+    model = getattr(module, header["entry"])(**header["kwargs"])
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)  # never arbitrary pickle
+    del weights
     model.load_state_dict(state)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    _write_all(proto_out, b"CHARTER1")
-
-    def read(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = proto_in.read(n - len(buf))
-            if not chunk:
-                sys.exit(0)
-            buf += chunk
-        return buf
+    _write_all(proto_out, b"CHARTER2")
 
     while True:
         b, t = struct.unpack("<II", read(8))
@@ -670,6 +858,12 @@ def _worker_main(run_dir):
         arr = np.ascontiguousarray(logits.float().cpu().numpy(), dtype="<f4")
         _write_all(proto_out, struct.pack("<III", *arr.shape) if arr.ndim == 3 else struct.pack("<III", 0, 0, 0))
         _write_all(proto_out, arr)
+
+
+def _write_all(f, data):
+    view = memoryview(data).cast("B")
+    while len(view):
+        view = view[f.write(view):]
 
 # ---------------------------------------------------------------------------
 # CLI
@@ -690,7 +884,7 @@ def verify():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_worker"]:
-        return _worker_main(argv[1])
+        return _worker_main()
     ap = argparse.ArgumentParser(prog="prepare.py", description="Charter lab data, tokenizer and evaluator")
     sub = ap.add_subparsers(dest="cmd")
     ap.add_argument("--source", default="debian", help="debian (default, offline), climbmix (network), or a directory")

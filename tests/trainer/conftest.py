@@ -15,6 +15,8 @@ import pytest
 
 TRAINER = Path(__file__).resolve().parents[2] / "trainer"
 PY = sys.executable
+# the prepare.py the labs get: another one (an older evaluator, say) shows what the tests catch in it
+PREPARE = Path(os.environ.get("CHARTER_TEST_PREPARE") or TRAINER / "prepare.py")
 
 # a tiny model and tiny budgets, written into the lab's train.py hyperparameter block
 TINY = dict(DEPTH="1", MODEL_DIM="32", HEAD_DIM="16", DEVICE_BATCH_SIZE="4", TOTAL_BATCH_SIZE="1024")
@@ -51,7 +53,7 @@ def run(args, cwd, env, timeout=300):
 def make_lab(path, **hyper):
     path.mkdir(parents=True, exist_ok=True)
     for name in ("prepare.py", "train.py", "program.md"):
-        shutil.copy(TRAINER / name, path / name)
+        shutil.copy(PREPARE if name == "prepare.py" else TRAINER / name, path / name)
     src = (path / "train.py").read_text()
     for name, value in {**TINY, **hyper}.items():
         src, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", src, flags=re.M)
