@@ -220,7 +220,12 @@ class TrainingFinished(Payload):
     peak_rss_mb: float = 0.0
     isolation: str = ""
     log_tail_untrusted: str = ""
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # the run's own stats.json: untrusted
+    stopped: bool = False  # the controller sent its stop signal at the budget
+    measured_seconds: float | None = None  # sandbox start to the process's exit, by the controller
+    reported_seconds: float | None = None  # what the run claims it took (stats.json total_seconds)
+    time_claim: str = ""  # "" when nothing was claimed; "consistent" or how the claim disagrees
+    limits: str = ""  # how memory and processes were limited (cgroup-v1, cgroup-v2, poll)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 from constitution import Constitution
+from constitution.canonical import canonical_json
 from controller.execution import sandbox
 from controller.execution.sandbox import SandboxResult, SandboxSpec
+from controller.execution.run_files import RunFileRefused, read_run_file
 from controller.workspace.lab import file_sha256
 
 
@@ -54,7 +56,7 @@ def base_env(rules: Constitution) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
     })
     # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines
-    for key in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE"):
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE", "CHARTER_COMPILE"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env
@@ -98,18 +100,26 @@ class RunOutcome:
     integrity_failure: bool = False
     stats: dict = field(default_factory=dict)  # the run's own stats.json (untrusted, bounded)
     postcheck_problems: tuple[str, ...] = ()  # immutable files or data changed during the run
+    evaluated: tuple[str, str, float | None] | None = None  # what the evaluator said (status, reason, val_bpb),
+                                                            # kept when a post-check overrules it
 
 
 STATS_MAX_BYTES = 20_000
 
 
 def read_stats(run_dir: Path) -> dict:
-    """The training run's stats.json, if it is a small JSON object (it is untrusted output)."""
+    """The training run's stats.json, if it is a small JSON object (untrusted: recorded as the
+    run's own claim, never used to decide); {} for anything else, links and FIFOs included."""
     try:
-        data = json.loads((run_dir / "stats.json").read_text())
-        return data if isinstance(data, dict) and len(json.dumps(data)) < STATS_MAX_BYTES else {}
-    except (OSError, ValueError):
+        data = json.loads(read_run_file(run_dir, "stats.json", STATS_MAX_BYTES), parse_constant=_no_constant)
+        canonical_json(data)  # only what the ledger can record (finite numbers, plain JSON)
+    except (RunFileRefused, ValueError, TypeError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number the ledger records")
 
 
 def immutable_problems(work_dir: Path, rules: Constitution) -> list[str]:
@@ -148,36 +158,58 @@ def integrity_problems(work_dir: Path, rules: Constitution) -> list[str]:
         return [f"data no longer verifies: {e}"]
 
 
+def over_budget(t: SandboxResult, training_s: float, grace_s: float) -> str | None:
+    """Why a training run is over its budget (never scored), or None. The controller sent the stop
+    signal at `training_s` after it started the sandbox; a run still going `grace_s` later was
+    killed, and one that did not exit cleanly after the signal did not save in time."""
+    if t.timed_out:
+        return (f"over budget: still running {grace_s:g} s after the stop signal at {training_s:g} s "
+                "(start-up and compile included), so it was killed unscored")
+    if t.stopped and t.returncode != 0:
+        return (f"over budget: stopped at {training_s:g} s (start-up and compile included) and did not save "
+                f"within the {grace_s:g} s grace (exit code {t.returncode})")
+    return None
+
+
 class Runner:
     def __init__(self, state_dir: Path, rules: Constitution, level: str):
         self.state_dir = state_dir
         self.rules = rules
         self.level = level
-        self.compile_cache = state_dir / "compile-cache"
 
     def _hidden(self, data: dict) -> list[Path]:
-        # validation data and Charter's own state (ledger, socket) are invisible to untrusted code;
-        # the run dir and compile cache inside .charter/ are bound back by the sandbox
+        # An extra deny only: the sandbox shows an allow-list, in which neither the validation data
+        # nor Charter's state (ledger, control socket; masked inside a bound lab anyway) is named.
+        # The run dir inside .charter/ is bound back by the sandbox.
         return [Path(data["val_dir"]), self.state_dir]
 
     def train(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> SandboxResult:
+        """Training sees the lab, the train shards, the manifest and the tokenizer read-only and
+        writes only its run dir, compile caches included (nothing one run writes reaches the
+        next). The controller owns the clock: SIGTERM at training_seconds after the sandbox
+        starts ($CHARTER_DEADLINE, set by the sandbox from the clock it stops by, tells the run
+        when), the kill grace_seconds later."""
         b = self.rules.budgets.experiment
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.compile_cache.mkdir(parents=True, exist_ok=True)
+        cache = run_dir / ".compile-cache"  # per run: created by the run itself, as the sandbox uid
         env = base_env(self.rules) | {
             "RUN_DIR": str(run_dir),
             "HOME": str(run_dir),
-            "TORCHINDUCTOR_CACHE_DIR": str(self.compile_cache),
-            "TRITON_CACHE_DIR": str(self.compile_cache / "triton"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
         }
+        train_dir = Path(data["train_dir"])
         spec = SandboxSpec(
             argv=python_argv(self.rules.evaluation.train_command),
             cwd=work_dir,
-            writable=[run_dir, self.compile_cache],
-            readable=[Path(data["cache_dir"])],  # train data + tokenizer; val inside it stays hidden
+            writable=[run_dir],
+            # what make_dataloader reads: never the cache whole (its val split, other profiles)
+            readable=[train_dir, train_dir.parent / "manifest.json", Path(data["tokenizer_dir"])],
             hidden=self._hidden(data),
             env=env,
             timeout_s=self.rules.experiment_deadline_seconds,
+            stop_after_s=b.training_seconds,
+            stop_env="CHARTER_DEADLINE",
             memory_mb=b.memory_hard_mb,
             max_processes=self.rules.sandbox.max_processes,
             max_file_mb=min(b.disk_mb, self.rules.sandbox.max_file_mb),
@@ -187,9 +219,12 @@ class Runner:
 
     def evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> tuple[SandboxResult, dict]:
         """The trusted evaluator runs unwrapped (nested bwrap can't work without capabilities we
-        drop); the untrusted model worker it starts runs in bwrap: no validation data, no
-        network, the run dir read-only, nothing writable. The controller still owns the
-        evaluator's timeout, memory limit (covering the worker's tree) and kill."""
+        drop); the untrusted model worker it starts runs in bwrap as the sandbox uid: no
+        validation data, no cache, no network, the lab and the run dir read-only, nothing
+        writable but a private /tmp, and limits of its own (worker_prefix: its own memory cgroup,
+        tasks, file size, a wall-clock kill; prepare.py's WORKER_TIMEOUT rejects a worker that
+        stops answering). The controller still owns the evaluator's timeout, memory limit
+        (covering the worker's tree) and kill."""
         b = self.rules.budgets.experiment
         out_dir = run_dir.parent / f"{run_dir.name}.eval"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,9 +262,9 @@ class Runner:
     def reported(self, run_dir: Path, t: SandboxResult) -> RunOutcome:
         """Weaker trust, for labs that govern an unmodified upstream checkout: the metric is the
         last line of the training log matching the constitution's pattern. Ledgered as such."""
-        try:
-            log = (run_dir / "train.log").read_text(errors="replace")
-        except OSError:
+        try:  # the run could have replaced its log with a link or a FIFO
+            log = read_run_file(run_dir, "train.log", sandbox.LOG_CAP_BYTES + 4096).decode("utf-8", "replace")
+        except RunFileRefused:
             log = ""
         found = re.findall(self.rules.evaluation.reported_metric_pattern, log, flags=re.M)
         result = {"trust": "reported", "pattern": self.rules.evaluation.reported_metric_pattern}
@@ -245,7 +280,8 @@ class Runner:
         """Train and evaluate one job, then read its stats and run the post-checks."""
         outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start)
         problems = tuple(integrity_problems(job.work_dir, self.rules))
-        outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems)
+        outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems,
+                          evaluated=(outcome.status, outcome.reason, outcome.val_bpb))
         if problems:
             return replace(outcome, status="crash", reason="post-check failed: " + "; ".join(problems), val_bpb=None,
                            integrity_failure=True)
@@ -253,10 +289,12 @@ class Runner:
 
     def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None) -> RunOutcome:
         t = self.train(work_dir, run_dir, data, on_start)
-        if t.timed_out:
-            return RunOutcome("timeout", f"training passed its deadline of {self.rules.experiment_deadline_seconds:g} s and was killed", None, t, None, {})
+        b = self.rules.budgets.experiment
         if t.memory_killed:
-            return RunOutcome("crash", f"training exceeded {self.rules.budgets.experiment.memory_hard_mb} MB and was killed", None, t, None, {})
+            return RunOutcome("crash", f"training exceeded {b.memory_hard_mb} MB and was killed", None, t, None, {})
+        over = over_budget(t, b.training_seconds, b.grace_seconds)
+        if over:
+            return RunOutcome("timeout", over, None, t, None, {})
         if t.returncode != 0:
             return RunOutcome("crash", f"training exited with code {t.returncode}", None, t, None, {})
         if self.rules.evaluation.trust == "reported":
@@ -271,3 +309,20 @@ class Runner:
         if not isinstance(bpb, (int, float)) or not math.isfinite(bpb) or not (0 < bpb < 32):
             return RunOutcome("crash", f"evaluation gave an impossible val_bpb {bpb!r}", None, t, e, result)
         return RunOutcome("ok", "trained and evaluated", float(bpb), t, e, result)
+
+
+# A run's own clock starts after its interpreter and imports are up, so an honest claim is a bit
+# under what the controller measured from the sandbox start; never more.
+CLAIM_SLACK_S = (10.0, 0.2, 1.0)  # start-up allowance, fraction of the run, clock jitter
+
+
+def time_claim(stats: dict, measured_seconds: float | None) -> tuple[float | None, str]:
+    """The run's claim of its own time (untrusted, never used to decide) against the controller's."""
+    claimed = stats.get("total_seconds")
+    if not isinstance(claimed, (int, float)) or isinstance(claimed, bool) or measured_seconds is None:
+        return None, ""
+    claimed = float(claimed)
+    startup, fraction, jitter = CLAIM_SLACK_S
+    if measured_seconds * (1 - fraction) - startup <= claimed <= measured_seconds + jitter:
+        return claimed, "consistent"
+    return claimed, f"disagrees: the run claims {claimed:.1f} s, the controller measured {measured_seconds:.1f} s"

@@ -24,7 +24,7 @@ from ledger import EventKind, payloads
 MAX_KEYS_SHOWN = 3  # a refusal stays one readable line; the rest is counted
 MAX_VALUE_CHARS = 24  # long values (sha256 pins, patterns) are shortened in a refusal
 
-REMEDY = "restore it (git checkout) or amend it through ratification"
+REMEDY = "restore it with git checkout; after a lab's first session only a ratified amendment may change it"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ return a bare `Proposal` (or None when they have nothing more to try).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -80,13 +81,50 @@ class Proposer(Protocol):
 
 
 def as_result(value: ProposerResult | Proposal | None) -> ProposerResult:
-    """Normalize what a proposer returned; anything else is a malformed result."""
-    if isinstance(value, ProposerResult):
-        if value.proposal is not None and not isinstance(value.proposal, Proposal):
-            raise TypeError(f"the proposer's result holds a {type(value.proposal).__name__}, not a Proposal")
-        if value.usage is not None and not isinstance(value.usage, AgentUsage):
-            raise TypeError(f"the proposer's usage is a {type(value.usage).__name__}, not an AgentUsage")
-        return value
+    """Normalize what a proposer returned; a TypeError says what is malformed about anything else."""
     if value is None or isinstance(value, Proposal):
-        return ProposerResult(value)
-    raise TypeError(f"the proposer returned a {type(value).__name__}, not a Proposal")
+        value = ProposerResult(value)
+    if not isinstance(value, ProposerResult):
+        raise TypeError(f"the proposer returned a {type(value).__name__}, not a Proposal")
+    if value.proposal is not None:
+        _check_proposal(value.proposal)
+    if value.usage is not None:
+        _check_usage(value.usage)
+    return value
+
+
+def _check_proposal(p: Proposal) -> None:
+    if not isinstance(p, Proposal):
+        raise TypeError(f"the proposer's result holds a {type(p).__name__}, not a Proposal")
+    for name in ("description", "hypothesis", "source"):
+        if not isinstance(getattr(p, name), str):
+            raise TypeError(f"Proposal.{name} must be text, not {type(getattr(p, name)).__name__}")
+    for name in ("patch", "malformed"):
+        if getattr(p, name) is not None and not isinstance(getattr(p, name), str):
+            raise TypeError(f"Proposal.{name} must be text or None")
+    if not isinstance(p.files, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, bytes)) for k, v in p.files.items()):
+        raise TypeError("Proposal.files must map paths (text) to bytes or None")
+    if p.params is not None and not (isinstance(p.params, dict) and all(
+            isinstance(k, str) and _finite(v) for k, v in p.params.items())):
+        raise TypeError("Proposal.params must map names to finite numbers")
+
+
+def _check_usage(u: AgentUsage) -> None:
+    if not isinstance(u, AgentUsage):
+        raise TypeError(f"the proposer's usage is a {type(u).__name__}, not an AgentUsage")
+    for name in ("calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        v = getattr(u, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise TypeError(f"AgentUsage.{name} must be a count (a whole number >= 0), not {v!r}")
+    for name in ("dollars", "seconds"):
+        if not _finite(getattr(u, name)) or getattr(u, name) < 0:
+            raise TypeError(f"AgentUsage.{name} must be a finite number >= 0")
+    if not isinstance(u.model, str) or not isinstance(u.proposer, str):
+        raise TypeError("AgentUsage.model must be text")
+
+
+def _finite(v: object) -> bool:
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False

@@ -51,6 +51,11 @@ def parse_constants(source: str) -> dict[str, Constant]:
             continue
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or v.lineno != v.end_lineno:
             continue
+        try:
+            if not math.isfinite(float(raw)):  # `X = 1e999` is inf: no neighbour, nothing to record
+                continue
+        except OverflowError:  # an int too large for a float
+            continue
         out[name] = Constant(name, float(raw), isinstance(raw, int), v.lineno, v.col_offset, v.end_col_offset)
     return out
 

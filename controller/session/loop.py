@@ -32,7 +32,9 @@ from transitions import MachineError
 import constitution
 from constitution import Constitution, GateState
 from controller.execution import sandbox
-from controller.execution.runner import Job, PrepareError, RunOutcome, Runner, data_problems, immutable_problems, verify_data
+from controller.execution.runner import (
+    Job, PrepareError, RunOutcome, Runner, data_problems, immutable_problems, time_claim, verify_data,
+)
 from controller.live.server import LiveServer
 from controller.live.status import Inflight, Progress, SessionView, build_status
 from controller.policy import budgets, keep_rule
@@ -48,7 +50,7 @@ from controller.session.recorder import CONTROLLER, Recorder
 from controller.session.resume import history_item, lab_outcomes, open_session, replay_session
 from controller.workspace.anchor import write_anchor
 from controller.workspace.lab import Lab
-from ledger import Decision, Event, EventKind, Ledger
+from ledger import Decision, Event, EventKind, Ledger, LedgerError
 from ledger import payloads as P
 
 COMMAND_WAIT_S = 20  # how long a live command waits for the loop to apply it before "queued"
@@ -121,6 +123,8 @@ class Session:
         self.stop_requested = threading.Event()
         self.commands: queue.Queue[Command] = queue.Queue()
         self.level = ""
+        self.proposer_overran = False  # a proposer thread abandoned at its deadline: never call it again
+        self._decided_through = -1  # the highest experiment number with a decision this run
         self._day_events: list[Event] = []
         self.data: dict = {}
 
@@ -164,11 +168,12 @@ class Session:
         """Called on a live-channel thread: a stop reaches an experiment in flight at once; the
         loop applies (and ledgers) every command between steps."""
         cmd = Command(op, by or "operator", reason or "")
+        self.commands.put(cmd)  # first: whatever happens next, the loop ledgers and applies it
         if op == "stop":
             self.stop_requested.set()
-            if self.inflight and self.inflight.pid:
-                kill_tree(self.inflight.pid)
-        self.commands.put(cmd)
+            flight = self.inflight  # read once: the loop may clear it at any moment
+            if flight is not None and flight.pid:
+                kill_tree(flight.pid)
         if not cmd.done.wait(timeout=COMMAND_WAIT_S):
             return {"ok": True, "queued": True, "message": f"{op} queued; the controller applies it between steps"}
         return cmd.reply
@@ -307,6 +312,9 @@ class Session:
             tag=s.tag, reset_to=reset_to, interrupted=[n for n, _ in replay.interrupted], isolation=self.level,
             pid=os.getpid(), constitution_hash=digest, constitution_version=self.rules.meta.version,
         ), commit_sha=reset_to, gate_state=self.gate.state)
+        # the rules as read now (a newer schema may fill defaults): what a later refusal diffs against
+        self.record(P.ConstitutionLoaded(hash=digest, version=self.rules.meta.version, reason="loaded at resume",
+                                         rules=self.rules.model_dump(mode="json")))
         for n, prop in replay.interrupted:
             base = P.Decided(description=prop.description, source=prop.source, params=prop.params)
             self.decide(n, Decision.INTERRUPTED, "the controller stopped during this experiment (killed or crashed); its change was reset",
@@ -358,13 +366,23 @@ class Session:
             if self.max_experiments is not None and s.experiment >= self.max_experiments:
                 return f"reached --max-experiments {self.max_experiments}"
             result = self.propose()
+            if self.proposer_overran:
+                return (f"the {self.proposer.name} proposer did not return within proposer.deadline_seconds = "
+                        f"{self.rules.proposer.deadline_seconds:g}; a stuck proposer is never called again")
             if result is None:  # the proposer failed; recorded
                 if s.proposer_failures >= MAX_PROPOSER_FAILURES:
                     return f"the {self.proposer.name} proposer failed {s.proposer_failures} times in a row (see its proposer_failed events)"
                 continue
+            if self.stop_requested.is_set():
+                continue  # a stop came while the proposer thought: nothing starts
             if result.proposal is None:
                 return f"the {self.proposer.name} proposer has nothing more to propose"
-            self.experiment(result.proposal)
+            try:
+                self.experiment(result.proposal)
+            except LedgerError:
+                raise  # the record itself failed: nothing can be decided without it
+            except Exception as e:  # whatever a proposal makes the controller trip on is an outcome
+                self.contain(e)
             if self.gate.gate == GateState.THROTTLE and self.rules.gates.throttle.cooldown_seconds:
                 self.stop_requested.wait(self.rules.gates.throttle.cooldown_seconds)
 
@@ -394,11 +412,13 @@ class Session:
         limit = self.rules.proposer.deadline_seconds
         started = time.time()
         self.set_inflight(Inflight(s.experiment + 1, f"{self.proposer.name} proposer", "proposing", started, started + limit))
-        with tempfile.TemporaryDirectory(prefix="charter-propose-") as scratch:
-            files = self._copy_editable(Path(scratch))
-            ctx = ProposalContext(Path(scratch), list(self.rules.scope.editable), files, list(s.history), s.best_bpb,
-                                  s.experiment + 1, started + limit, self._agent_budget())
-            value, error = _call_with_deadline(self.proposer.propose, ctx, limit)
+        # the scratch dir belongs to the proposer's thread, which removes it when it returns (a
+        # thread abandoned at its deadline may still be writing there)
+        scratch = Path(tempfile.mkdtemp(prefix="charter-propose-"))
+        files = self._copy_editable(scratch)
+        ctx = ProposalContext(scratch, list(self.rules.scope.editable), files, list(s.history), s.best_bpb,
+                              s.experiment + 1, started + limit, self._agent_budget())
+        value, error, self.proposer_overran = _call_with_deadline(self.proposer.propose, ctx, limit, cleanup=scratch)
         seconds = time.time() - started
         self.set_inflight(None)
         result = None
@@ -510,6 +530,17 @@ class Session:
             reason = verdict.reason if not verdict.need_more_runs else "confirmation run failed or was interrupted"
             self.decide(n, Decision.DISCARD, reason, mean, commit, base)
 
+    def contain(self, error: Exception) -> None:
+        """An experiment the controller could not carry through: reset the work tree to the best
+        commit and, if it was not decided yet, record it as a crash with the error as its reason."""
+        s = self.state
+        reset_to = s.best_commit or self.lab.git.head()
+        self.lab.git.reset_hard(reset_to)
+        self.inflight = None
+        if self._decided_through < s.experiment:
+            why = f"the controller could not carry this experiment through ({type(error).__name__}: {error})"[:1000]
+            self.decide(s.experiment, Decision.CRASH, why + "; its change was reset", None, reset_to, P.Decided())
+
     def refuse(self, n: int, refused: Refused, parent: str, base: P.Decided) -> None:
         self.record(P.HarmRefused(refused.items, refused.diff), experiment=n, rule=refused.rule)
         self.decide(n, Decision.REFUSED, refused.reason, None, parent,
@@ -531,16 +562,19 @@ class Session:
 
         outcome = runner.run(job, self.data, on_start=on_start)
         t = outcome.train
+        measured = None if t.exit_seconds is None else round(t.exit_seconds, 3)
+        claimed, claim = time_claim(outcome.stats, measured)
         self.record(P.TrainingFinished(
             run_index, t.returncode, t.timed_out, t.memory_killed, round(t.wall_seconds, 3), round(t.peak_rss_mb, 1),
-            t.level, t.log_tail[-2000:], outcome.stats,
+            t.level, t.log_tail[-2000:], outcome.stats, t.stopped, measured, claimed, claim, t.limits,
         ), experiment=n, commit_sha=commit)
         if outcome.evaluation is not None or outcome.eval_result.get("trust") == "reported":
             e = outcome.evaluation
+            status, reason, bpb = outcome.evaluated or (outcome.status, outcome.reason, outcome.val_bpb)
             self.record(P.Evaluated(
-                run_index, outcome.status, outcome.reason, round(e.wall_seconds, 3) if e else 0.0,
+                run_index, status, reason, round(e.wall_seconds, 3) if e else 0.0,
                 e.returncode if e else None, self.rules.evaluation.trust, outcome.eval_result,
-            ), experiment=n, commit_sha=commit, val_bpb=outcome.val_bpb)
+            ), experiment=n, commit_sha=commit, val_bpb=bpb)
         if outcome.postcheck_problems:
             self.record(P.PostcheckFailed(list(outcome.postcheck_problems)), experiment=n, rule="integrity")
         self.set_inflight(Inflight(n, description, "deciding", time.time()))
@@ -549,6 +583,7 @@ class Session:
     def decide(self, n: int, decision: Decision, reason: str, bpb: float | None, commit: str, payload: P.Decided) -> None:
         payload = dataclasses.replace(payload, decision=decision.value, reason=reason)
         self.record(payload, experiment=n, decision=decision, val_bpb=bpb, commit_sha=commit, gate_state=self.gate.state)
+        self._decided_through = max(self._decided_through, n)
         s = self.state
         s.outcomes.append(outcome_of(decision, payload))
         s.history.append(history_item(None, payload, decision, bpb))
@@ -580,9 +615,10 @@ class Session:
         return summary.to_json() | {"session": s.id}
 
 
-def _call_with_deadline(fn, ctx: ProposalContext, limit_s: float) -> tuple[Any, str | None]:
-    """Call a proposer in a worker thread; (value, None), or (None, why) if it raised or overran.
-    A thread that overran is abandoned (daemon): its answer, if it ever comes, is dropped."""
+def _call_with_deadline(fn, ctx: ProposalContext | None, limit_s: float, cleanup: Path | None = None) -> tuple[Any, str | None, bool]:
+    """Call a proposer in a worker thread: (value, None, False), (None, why, False) if it raised,
+    or (None, why, True) if it overran. A thread that overran is abandoned (daemon) and its
+    answer, if it ever comes, dropped; `cleanup` is removed when the thread ends, not before."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -590,12 +626,15 @@ def _call_with_deadline(fn, ctx: ProposalContext, limit_s: float) -> tuple[Any, 
             box["value"] = fn(ctx)
         except BaseException as e:  # a proposer's failure is an outcome, never a dead controller
             box["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            if cleanup is not None:
+                shutil.rmtree(cleanup, ignore_errors=True)
 
     worker = threading.Thread(target=target, name="charter-proposer", daemon=True)
     worker.start()
     worker.join(limit_s)
     if worker.is_alive():
-        return None, f"the proposer did not return within proposer.deadline_seconds = {limit_s:g}"
+        return None, f"the proposer did not return within proposer.deadline_seconds = {limit_s:g}", True
     if "error" in box:
-        return None, box["error"]
-    return box.get("value"), None
+        return None, box["error"], False
+    return box.get("value"), None, False

@@ -15,7 +15,7 @@ import sys
 import constitution
 from controller.workspace.lab import Lab, LabError, file_sha256, set_pins
 from controller.execution.runner import base_env, verify_data
-from ledger import Ledger, payloads
+from ledger import EventKind, Ledger, payloads
 
 
 def prepare_lab(lab: Lab, actor: str = "operator", quiet: bool = False, source: str | None = None) -> dict:
@@ -45,6 +45,11 @@ def prepare_lab(lab: Lab, actor: str = "operator", quiet: bool = False, source: 
         if not want:
             pinned[key] = have
     if pinned:
+        with Ledger.open(lab.ledger_path, read_only=True, wait_s=5) as led:
+            if led.events(kinds=[EventKind.SESSION_STARTED], limit=1):
+                # after the first session the constitution in force is the ledger's; a pin is a change
+                raise LabError(f"constitution.toml has an empty {' and '.join(pinned)} after the lab's first session; "
+                               "restore it with git checkout (pins are set by charter prepare only before the first session)")
         text = set_pins(text, {("evaluation", key): digest for key, digest in pinned.items()})
         new_rules = constitution.parse_text(text, "constitution.toml")
         lab.constitution_path.write_text(text)

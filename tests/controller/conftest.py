@@ -15,8 +15,8 @@ from controller.workspace.preparation import prepare_lab
 # a tiny model and budgets so one experiment (train + evaluate) takes seconds on 2 cores
 TINY_TRAIN = dict(DEPTH="1", MODEL_DIM="32", HEAD_DIM="16", DEVICE_BATCH_SIZE="4", TOTAL_BATCH_SIZE="1024")
 TINY_RULES = {
-    "training_seconds = 60": "training_seconds = 2",
-    "grace_seconds = 90": "grace_seconds = 60",
+    "training_seconds = 60": "training_seconds = 7",  # start-up (~4 s) included: ~2 s of training
+    "grace_seconds = 5 ": "grace_seconds = 10 ",
     "eval_tokens = 131072": "eval_tokens = 4096",
     "probation_experiments = 3": "probation_experiments = 1",
     "cooldown_seconds = 5": "cooldown_seconds = 0",

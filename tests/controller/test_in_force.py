@@ -79,7 +79,7 @@ def test_a_hand_edit_is_refused_in_one_line_naming_each_change(led):
     assert line == (
         "constitution.toml changed since it was put in force (budgets.session.experiments: 40 -> 41; "
         "decision.min_improvement: 0.01 -> 0.02) and the ledger records no amendment that made this version; "
-        "restore it (git checkout) or amend it through ratification"
+        "restore it with git checkout; after a lab's first session only a ratified amendment may change it"
     )
     assert "\n" not in line
 

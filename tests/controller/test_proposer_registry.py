@@ -53,14 +53,42 @@ def test_what_a_proposer_returns_is_normalized_or_refused():
         as_result(ProposerResult("train.py"))
 
 
-def test_a_proposer_that_raises_or_overruns_its_deadline_is_an_outcome():
+def test_a_proposer_that_raises_or_overruns_its_deadline_is_an_outcome(tmp_path):
     def boom(ctx):
         raise KeyError("no such file")
 
-    value, error = _call_with_deadline(boom, None, 5)
-    assert value is None and error == "KeyError: 'no such file'"
+    value, error, overran = _call_with_deadline(boom, None, 5)
+    assert value is None and error == "KeyError: 'no such file'" and not overran
     never = threading.Event()
-    value, error = _call_with_deadline(lambda ctx: never.wait(), None, 0.05)
-    assert value is None and "did not return within proposer.deadline_seconds = 0.05" in error
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    value, error, overran = _call_with_deadline(lambda ctx: never.wait(), None, 0.05, cleanup=scratch)
+    assert value is None and overran and "did not return within proposer.deadline_seconds = 0.05" in error
+    assert scratch.exists(), "the abandoned proposer's scratch dir must outlive its deadline"
     never.set()
-    assert _call_with_deadline(lambda ctx: Proposal("ok"), None, 5) == (Proposal("ok"), None)
+    assert _call_with_deadline(lambda ctx: Proposal("ok"), None, 5) == (Proposal("ok"), None, False)
+
+
+@pytest.mark.parametrize("bad, why", [
+    (Proposal(None), "description must be text"),
+    (Proposal("d", params={"LR": float("nan")}), "finite numbers"),
+    (Proposal("d", params={"LR": 10**400}), "finite numbers"),
+    (Proposal("d", files={"train.py": "text, not bytes"}), "bytes or None"),
+    (Proposal("d", patch=b"bytes"), "patch must be text"),
+])
+def test_a_malformed_proposal_is_refused_with_what_is_wrong(bad, why):
+    with pytest.raises(TypeError, match=why):
+        as_result(bad)
+
+
+@pytest.mark.parametrize("usage, why", [
+    (dict(input_tokens="1000"), "input_tokens must be a count"),
+    (dict(output_tokens=-5), "output_tokens must be a count"),
+    (dict(dollars=float("nan")), "dollars must be a finite number"),
+    (dict(calls=True), "calls must be a count"),
+])
+def test_malformed_usage_is_refused_before_it_reaches_the_budgets(usage, why):
+    from controller.proposers import AgentUsage
+
+    with pytest.raises(TypeError, match=why):
+        as_result(ProposerResult(Proposal("d"), AgentUsage(**usage)))
