@@ -742,7 +742,7 @@ def _terminate(pids) -> None:
             pass
 
 
-def _child_setup(max_file_mb: int, nproc: int, procs_files: list[str]) -> None:
+def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str]) -> None:
     # runs in the child before exec; bwrap and everything under it inherit all of this.
     # Into the run's cgroup first, so nothing untrusted ever runs outside it.
     for path in procs_files:
@@ -751,8 +751,10 @@ def _child_setup(max_file_mb: int, nproc: int, procs_files: list[str]) -> None:
     # No RLIMIT_AS: CPU torch.compile peaks at ~1 GB virtual for 0.4 GB resident and CUDA
     # reserves far more address space than memory; the cgroup (or the poll) is the memory limit.
     _lower(resource.RLIMIT_FSIZE, max_file_mb << 20)
-    # per uid on the whole host; root (level "none") is exempt, uid 65534 is not
-    _lower(resource.RLIMIT_NPROC, nproc)
+    # per uid on the whole host (every sandboxed run shares uid 65534): only where no pids
+    # cgroup gives this run an exact limit of its own; root (level "none") is exempt anyway
+    if nproc is not None:
+        _lower(resource.RLIMIT_NPROC, nproc)
     _lower(resource.RLIMIT_CORE, 0)
     # die with the controller even at level "none" (bwrap has --die-with-parent for its own)
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -767,10 +769,10 @@ def _lower(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _nproc(max_processes: int, tasks: int, group: _Cgroup | None) -> int:
-    # with a pids group, RLIMIT_NPROC is a backstop one above what pids.max lets this run reach,
-    # so a run meets the group's limit first, and that one is counted (pids.events) and reported
-    return max_processes + tasks + 1 if group and group.has_pids else max_processes
+def _nproc(max_processes: int, tasks: int, group: _Cgroup | None) -> int | None:
+    # with a pids group its pids.max is the limit (counted in pids.events and reported); RLIMIT_NPROC
+    # counts every process of the uid on the host, so concurrent runs would eat each other's share
+    return None if group and group.has_pids else max_processes
 
 
 PR_SET_PDEATHSIG = 1

@@ -304,7 +304,10 @@ def test_operators_reach_a_running_controller(make_lab, tmp_path):
     assert lab.git.dirty_paths() == []
 
 
-@pytest.mark.parametrize("fault", ["committed", "training_started:2", "evaluated:2"])
+# the default suite kills mid-training; killing right after the commit or after the evaluation
+# resumes through the same replay (tests/controller: resume is pure) and runs with -m slow
+@pytest.mark.parametrize("fault", [pytest.param("committed", marks=pytest.mark.slow), "training_started:2",
+                                   pytest.param("evaluated:2", marks=pytest.mark.slow)])
 def test_kill_9_then_resume_leaves_a_consistent_lab(make_lab, tmp_path, fault):
     lab = make_lab()
     base = (lab.root / "train.py").read_text()
