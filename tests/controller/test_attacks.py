@@ -25,6 +25,7 @@ OFF = {
     "memory_soft_mb = 6000": "memory_soft_mb = 1500",
     "memory_hard_mb = 8000": "memory_hard_mb = 2000",
     "threshold = 6\nwindow = 8": "threshold = 50\nwindow = 50",  # every attack crashes: no crash-storm FREEZE here
+    "grace_seconds = 10 ": "grace_seconds = 3 ",  # an honest run saves in well under a second
 }
 
 # A model that reads the next token (non-causal) and remembers every row it answered, copying its
@@ -241,7 +242,7 @@ def test_every_attack_is_refused_killed_or_harmless(make_lab, tmp_path):
     assert len(later["looked"]) == 5 and later["found"] == [], "a file planted by one experiment was visible to the next"
 
     over = by_entry["004-ignores-the-stop"]
-    assert str(over.decision) == "timeout" and "over budget" in over.payload["reason"]
+    assert str(over.decision) == "timeout" and "over budget" in over.payload["reason"], over.payload["reason"]
     # the planted stats.json was not followed (no host file in the ledger), did not hang, was not read
     for name in ("005-stats-links-host-file", "006-stats-fifo", "007-stats-dev-zero"):
         n = by_entry[name].experiment

@@ -57,3 +57,21 @@ def test_the_runs_claim_of_its_own_time_is_compared_with_the_controllers():
     assert time_claim({"total_seconds": 90.0}, 60.0)[1].startswith("disagrees")  # more than was measured
     assert time_claim({}, 60.0) == (None, "") and time_claim({"total_seconds": True}, 60.0) == (None, "")
     assert json.dumps(time_claim({"total_seconds": 5}, None)) == '[null, ""]'
+
+
+def test_over_budget_is_a_kill_at_the_deadline_or_an_unclean_exit_after_the_stop():
+    from controller.execution.runner import over_budget
+    from controller.execution.sandbox import SandboxResult
+
+    def result(**kw):
+        base = dict(returncode=0, timed_out=False, memory_killed=False, wall_seconds=60.0, peak_rss_mb=1.0,
+                    level="none", log_tail="", kill_reason="")
+        return SandboxResult(**(base | kw))
+
+    assert over_budget(result(), 60, 5) is None  # finished on its own
+    assert over_budget(result(stopped=True), 60, 5) is None  # stopped, saved, exited cleanly
+    killed = over_budget(result(returncode=None, timed_out=True, stopped=True), 60, 5)
+    assert killed.startswith("over budget: still running 5 s after the stop signal at 60 s")
+    unclean = over_budget(result(returncode=-15, stopped=True), 60, 5)
+    assert unclean.startswith("over budget: stopped at 60 s") and "exit code -15" in unclean
+    assert over_budget(result(returncode=1), 60, 5) is None  # a crash before the stop is a crash

@@ -135,6 +135,7 @@ def test_hard_constraint_stops_and_only_a_person_resumes(make_lab, tmp_path):
     assert (t.payload["to"], t.actor, t.payload["evidence"]) == ("RUN", "person:alice", "reviewed: the comment was harmless")
 
 
+@pytest.mark.slow  # the default suite has streak -> THROTTLE -> probation in test_gates.py, THROTTLE live in the contract test
 def test_crash_streak_throttles_and_recovers(make_lab, tmp_path):
     lab = make_lab()
     base = (lab.root / "train.py").read_text()
@@ -153,6 +154,7 @@ def test_crash_streak_throttles_and_recovers(make_lab, tmp_path):
     assert moves == [("RUN", "THROTTLE", "crash-streak"), ("THROTTLE", "RUN", "probation")]
 
 
+@pytest.mark.slow  # the default suite has the same holds in test_attacks.py and test_sandbox_survey.py
 def test_deadline_kill_and_the_sandbox_holds_when_static_checks_are_off(make_lab, tmp_path):
     # no harm-test rules: the sandbox alone must stop a hostile train.py
     lab = make_lab(rules={

@@ -337,7 +337,9 @@ def test_model_mixing_the_rows_of_a_batch_is_rejected(honest, prepared, tmp_path
     assert_rejected_as_cheat(res, honest)
 
 
-@pytest.mark.parametrize("where", sorted(STATE_PATHS))
+# cwd and the temp dir in the default suite; HOME and beside the source are the same mechanism
+@pytest.mark.parametrize("where", [w if w in ("cwd", "tmpdir") else pytest.param(w, marks=pytest.mark.slow)
+                                   for w in sorted(STATE_PATHS)])
 def test_model_keeping_its_memory_in_a_file_gains_nothing(honest, prepared, tmp_path, where):
     """Without a sandbox each worker has a fresh directory as cwd, HOME and TMPDIR, and the model
     source does not live in the run dir: the probe worker finds no file of the scoring worker."""
