@@ -1,6 +1,7 @@
 """Helpers for governed-loop tests: run the real CLI, queue proposals, set train.py constants."""
 
 import os
+import socket
 import re
 import subprocess
 import sys
@@ -28,3 +29,29 @@ def with_constants(source: str, **consts) -> str:
         source, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", source, flags=re.M)
         assert n == 1, name
     return source
+
+
+class Listener:
+    """A listening Unix socket on the host that counts the connections it gets."""
+
+    def __init__(self, path, mode=None):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(self.path)
+        if mode is not None:
+            os.chmod(self.path, mode)
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+
+    def accepted(self):
+        n = 0
+        while True:
+            try:
+                self.sock.accept()[0].close()
+                n += 1
+            except BlockingIOError:
+                return n
+
+    def close(self):
+        self.sock.close()
+        os.unlink(self.path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.execution import sandbox
+from lab_helpers import Listener
 from controller.execution.sandbox import SandboxSpec, SandboxUnavailable, detect_level, minimal_env, run, worker_prefix
 
 BWRAP = detect_level()[0] == "bubblewrap"
@@ -520,32 +521,6 @@ def test_process_limit_applies_without_cgroups(lab, monkeypatch):
     assert result.limits == "poll" and result.returncode == 0, result.log_tail
     # as uid 65534, RLIMIT_NPROC holds the run to 8 tasks (root was exempt from it)
     assert "refused Resource temporarily unavailable" in result.log_tail and "started 7\n" in result.log_tail
-
-
-class Listener:
-    """A listening Unix socket on the host that counts the connections it gets."""
-
-    def __init__(self, path, mode=None):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(self.path)
-        if mode is not None:
-            os.chmod(self.path, mode)
-        self.sock.listen(8)
-        self.sock.setblocking(False)
-
-    def accepted(self):
-        n = 0
-        while True:
-            try:
-                self.sock.accept()[0].close()
-                n += 1
-            except BlockingIOError:
-                return n
-
-    def close(self):
-        self.sock.close()
-        os.unlink(self.path)
 
 
 @needs_bwrap

@@ -22,6 +22,7 @@ import pytest
 
 from controller.execution import sandbox
 from controller.execution.runner import Runner, verify_data
+from lab_helpers import Listener
 from controller.execution.sandbox import SandboxResult
 
 pytestmark = pytest.mark.skipif(sandbox.detect_level()[0] != "bubblewrap", reason="bubblewrap does not work here")
@@ -132,31 +133,6 @@ else:
 '''
 
 
-class Listener:
-    """A listening Unix socket on the host, world-writable, counting what reaches it."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(self.path)
-        os.chmod(self.path, 0o777)
-        self.sock.listen(8)
-        self.sock.setblocking(False)
-
-    def accepted(self):
-        n = 0
-        while True:
-            try:
-                self.sock.accept()[0].close()
-                n += 1
-            except BlockingIOError:
-                return n
-
-    def close(self):
-        self.sock.close()
-        os.unlink(self.path)
-
-
 @pytest.fixture
 def other_copy():
     """A second copy of validation data in another cache in root's home (cleaned up after)."""
@@ -189,10 +165,10 @@ def test_survey_of_the_training_and_worker_sandboxes(make_lab, tmp_path, other_c
     shutil.copytree(val_dir, other_copy / "data" / "val")
     assert any(elsewhere.iterdir()) and any((other_copy / "data" / "val").iterdir())
 
-    listeners = [Listener(lab.state_dir / "control.sock"),            # this lab's control socket
-                 Listener(tmp_path / "other-lab.sock"),                # another lab's, outside the allow-list
-                 Listener(Path("/tmp") / f"charter-survey-{os.getpid()}.sock"),   # the host's /tmp
-                 Listener(other_copy / "agent.sock")]                  # in root's home
+    listeners = [Listener(lab.state_dir / "control.sock", 0o777),            # this lab's control socket
+                 Listener(tmp_path / "other-lab.sock", 0o777),                # another lab's, outside the allow-list
+                 Listener(Path("/tmp") / f"charter-survey-{os.getpid()}.sock", 0o777),   # the host's /tmp
+                 Listener(other_copy / "agent.sock", 0o777)]                  # in root's home
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
