@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -569,8 +570,10 @@ def test_only_the_allow_list_is_there(lab, tmp_path):
     for p in [str(tmp_path), "/work", "/root/.cache", str(lab.parent)]:   # paths to binds: not listable
         assert seen[p] in ("Permission denied", "No such file or directory"), (p, seen[p])
     assert seen["/usr/share"] == ["zoneinfo"]
+    # top level: the system dirs, plus the first component of each bound tree (lab, interpreter, checkout)
+    bound_roots = {Path(p).resolve().parts[1] for p in (lab, tmp_path, sys.prefix, sys.base_prefix, __file__)}
     assert set(seen["/"]) <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc",
-                              "tmp", "root", "work", "sys"}
+                              "tmp", "root", "sys"} | bound_roots
     assert set(seen["/etc"]) <= set(sandbox.ETC_ENTRIES) and "shadow" not in seen["/etc"]
 
 
