@@ -61,7 +61,7 @@ def main():
     print(f"cpu capability: {torch.backends.cpu.get_cpu_capability()}, fast bf16: {bf16}, "
           f"threads: {torch.get_num_threads()}, TORCHINDUCTOR_CACHE_DIR: {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}")
     print(f"config: depth {T.DEPTH} / dim {T.MODEL_DIM} / seq {seq_len} / vocab {vocab} / batch {T.DEVICE_BATCH_SIZE}"
-          f" / optimizer {T.OPTIMIZER}")
+          " / optimizer AdamW")
     print(f"train.py default on this CPU: {'compile bf16' if bf16 else 'eager fp32'}")
     # modes run in interleaved rounds, so a shared CPU's changing load hits them alike
     steps, warm = {}, {}

@@ -137,6 +137,10 @@ class Scope(Strict):
 
 class ExperimentBudget(Strict):
     training_seconds: float = Field(gt=0)
+    # "wall": seconds from the sandbox start; "cpu": CPU seconds of the run's processes divided by
+    # cpu_threads, so other work on the machine doesn't change how much training a run gets
+    clock: Literal["wall", "cpu"] = "cpu"
+    cpu_threads: int = Field(default=0, ge=0, le=1024)  # CPUs a run may use (its affinity); 0 = all the controller has
     grace_seconds: float = Field(ge=0)  # start-up, compile and saving on top of training
     evaluate_timeout_seconds: float = Field(gt=0)
     memory_soft_mb: int = Field(gt=0)
@@ -166,9 +170,12 @@ class Budgets(Strict):
 
 
 class DecisionRule(Strict):
-    min_improvement: float = Field(ge=0)
-    confirmation_runs: int = Field(ge=0, le=10)
-    noise_sd: float = Field(ge=0)
+    min_improvement: float = Field(ge=0)  # the smallest gain worth keeping, whatever the noise
+    confirmation_runs: int = Field(ge=0, le=10)  # extra runs a promising candidate earns before the decision
+    noise_sd: float = Field(gt=0)  # the prior on run-to-run sd; measured repeats outweigh it
+    noise_prior_df: float = Field(default=4.0, ge=0, le=1000)  # how many degrees of freedom that prior is worth
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # one-sided: P(keep | no real gain) <= 1 - confidence
+    baseline_runs: int = Field(default=3, ge=1, le=10)  # runs of the baseline at session start (measures the noise)
 
 
 class GateRule(Strict):

@@ -226,6 +226,10 @@ class TrainingFinished(Payload):
     reported_seconds: float | None = None  # what the run claims it took (stats.json total_seconds)
     time_claim: str = ""  # "" when nothing was claimed; "consistent" or how the claim disagrees
     limits: str = ""  # how memory and processes were limited (cgroup-v1, cgroup-v2, poll)
+    clock: str = ""  # what the stop counted: "wall", or "cpu" (CPU seconds per CPU, with a wall cap); "" before it existed
+    cpu_seconds: float | None = None  # user + system CPU of the whole sandboxed tree, by the controller
+    cpu_threads: int = 0  # the CPUs the run could use (its affinity), the cpu clock's divisor
+    stopped_by: str = ""  # "cpu" or "wall": the clock that reached its limit and sent the stop signal
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,13 @@ class Decided(Payload):
     runs: list[float] = field(default_factory=list)
     improvement: float | None = None
     best_before: float | None = None
+    # the keep rule's evidence: the other side's runs, the noise it assumed and the bar it set
+    incumbent_runs: list[float] = field(default_factory=list)
+    threshold: float | None = None  # the improvement these runs had to show to be kept
+    noise_sd: float | None = None
+    noise_df: float | None = None
+    confidence: float | None = None
+    setup: str = ""  # fingerprint of the measurement setup (noise.measurement_setup): runs pool within one
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ train.py: the model, the optimizer and the training loop of a Charter lab.
 
 This is the file the research agent edits. Run `python train.py`: it trains until its time is
 up, then writes the run to $RUN_DIR (default run/). Under Charter the controller owns the clock:
-$CHARTER_DEADLINE (unix time) is when it stops the run (SIGTERM comes just before), and the run must be saved within the
+$CHARTER_DEADLINE (unix time) is when it stops the run (SIGTERM comes just before) or, when it
+counts CPU time, $CHARTER_CPU_BUDGET is the CPU seconds per CPU ($CHARTER_CPU_THREADS of them)
+the run has from its start, and the deadline a wall cap; the run must be saved within the
 short grace after it or it is killed unscored; start-up and compile come out of the same budget
 for every run. Run by hand, it trains for the profile's budget (prepare.py) after start-up. It writes:
 model.pt (weights), config.json (how to build the model), model_source.py (a copy of this
@@ -142,48 +144,13 @@ def build_model(**kwargs):
     return GPT(GPTConfig(**kwargs))
 
 # ---------------------------------------------------------------------------
-# Optimizer: Muon (orthogonalized momentum) for block matrices, AdamW for the rest
-
-
-def newton_schulz(g, steps=5):
-    # quintic iteration that pushes the singular values of g towards 1
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g / (g.norm() + 1e-7)
-    transposed = x.size(0) > x.size(1)
-    if transposed:
-        x = x.T
-    for _ in range(steps):
-        s = x @ x.T
-        x = a * x + (b * s + c * s @ s) @ x
-    return x.T if transposed else x
-
-
-class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = newton_schulz(p.grad.lerp(buf, group["momentum"]))  # Nesterov
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+# Optimizer: AdamW for every parameter (a Muon variant did not pay on CPU in 60 s; every constant
+# below is read by the code, so a change to any of them changes training)
 
 
 def build_optimizers(model):
-    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
-    others = [p for n, p in model.named_parameters() if not (n.startswith("blocks.") and p.ndim == 2)]
-    adam = lambda params: torch.optim.AdamW(params, lr=LEARNING_RATE, betas=(ADAM_BETA1, ADAM_BETA2),
-                                            weight_decay=WEIGHT_DECAY, eps=1e-10)
-    if OPTIMIZER == "muon":
-        return [Muon(matrices, lr=MATRIX_LR, weight_decay=WEIGHT_DECAY), adam(others)]
-    return [adam(matrices + others)]
+    return [torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(ADAM_BETA1, ADAM_BETA2),
+                              weight_decay=WEIGHT_DECAY, eps=1e-10)]
 
 # ---------------------------------------------------------------------------
 # Hyperparameters: edit these directly, no CLI flags
@@ -193,9 +160,7 @@ MODEL_DIM = 128            # residual stream width
 HEAD_DIM = 64              # attention head size (heads = MODEL_DIM // HEAD_DIM)
 DEVICE_BATCH_SIZE = 32     # sequences per forward/backward
 TOTAL_BATCH_SIZE = 8192    # tokens per optimizer step (gradient accumulation if larger than one micro-batch)
-OPTIMIZER = "adamw"        # "adamw" (all params) or "muon" (Muon for block matrices, AdamW for the rest; not yet shown to pay on CPU)
 LEARNING_RATE = 3e-3       # AdamW learning rate
-MATRIX_LR = 0.02           # Muon learning rate (used only with OPTIMIZER = "muon")
 ADAM_BETA1 = 0.9           # AdamW first-moment decay
 ADAM_BETA2 = 0.95          # AdamW second-moment decay
 WEIGHT_DECAY = 0.0         # decoupled weight decay
@@ -282,16 +247,25 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     t_train = time.time()
     deadline = float(os.environ.get("CHARTER_DEADLINE") or t_train + TIME_BUDGET)
+    # the budget's clock: wall time up to the deadline or, when the controller counts CPU
+    # ($CHARTER_CPU_BUDGET), CPU seconds per CPU from process start (start-up counts) with the
+    # deadline as a wall cap; training stops when now() reaches end
+    if os.environ.get("CHARTER_CPU_BUDGET"):
+        threads = int(os.environ.get("CHARTER_CPU_THREADS") or os.cpu_count())
+        clock, now, end = "cpu", lambda: time.process_time() / threads, float(os.environ["CHARTER_CPU_BUDGET"])
+    else:
+        clock, now, end = "wall", time.time, deadline
+    start = now()
     untimed_steps = 2  # the first steps compile: reported apart in stats.json
     step, training_time, smooth_loss = 0, 0.0, None
-    while not stop["requested"] and time.time() < deadline:
-        t0 = time.time()
+    while not stop["requested"] and time.time() < deadline and now() < end:
+        t0, c0 = time.time(), now()
         for _ in range(grad_accum):
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = train_model(x, y)
             (loss / grad_accum).backward()
             x, y = next(loader)
-        progress = min(1.0, (t0 - t_train) / max(deadline - t_train, 1e-9))  # of the time this run has
+        progress = min(1.0, (c0 - start) / max(end - start, 1e-9))  # of the budget this run has
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr_multiplier(progress)
@@ -308,7 +282,7 @@ def main():
         smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
         if step % 20 == 0:
             print(f"step {step:05d} | loss {smooth_loss:.4f} | {tokens_per_micro * grad_accum / dt:,.0f} tok/s "
-                  f"| {max(0.0, deadline - time.time()):.1f}s left", flush=True)
+                  f"| {max(0.0, end - now()):.1f}s left ({clock})", flush=True)
 
     timed_steps = step - untimed_steps
     tokens = step * tokens_per_micro * grad_accum
@@ -322,8 +296,8 @@ def main():
                  tokens_per_second=round(timed_steps * tokens_per_micro * grad_accum / max(training_time, 1e-9), 1),
                  peak_memory_mb=round(peak_mb, 1), num_params=num_params,
                  train_loss=None if smooth_loss is None else round(smooth_loss, 4),
-                 profile=PROFILE, device=device, compile=use_compile, bf16=use_bf16, optimizer=OPTIMIZER,
-                 depth=DEPTH, model_dim=MODEL_DIM)
+                 profile=PROFILE, device=device, compile=use_compile, bf16=use_bf16,
+                 depth=DEPTH, model_dim=MODEL_DIM, clock=clock, cpu_seconds=round(time.process_time(), 3))
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                os.path.join(run_dir, "model.pt"))
     with open(os.path.join(run_dir, "config.json"), "w") as f:

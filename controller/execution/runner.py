@@ -1,7 +1,9 @@
 """Running one training and one evaluation of a lab commit, each in its own sandbox.
 
 Training sees the lab read-only, writes only its run directory and a compile cache, cannot see
-validation data or Charter's state, and is killed at training budget + grace by the controller.
+validation data or Charter's state, and is stopped by the controller at its training budget (on
+the constitution's clock: CPU seconds per CPU it may use, or wall seconds) and killed grace
+seconds later.
 The trusted evaluator (the lab's immutable prepare.py) sees validation data but writes only its
 result file; the untrusted model code it loads runs in a nested sandbox that cannot see
 validation data either (EVAL_WORKER_PREFIX). The metric is read from the evaluator's result,
@@ -56,7 +58,7 @@ def base_env(rules: Constitution) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
     })
     # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines
-    for key in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE", "CHARTER_COMPILE"):
+    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE", "CHARTER_COMPILE"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env
@@ -105,6 +107,24 @@ class RunOutcome:
 
 
 STATS_MAX_BYTES = 20_000
+
+# Under the cpu clock, wall time is only a safety net: a run that gets little CPU (a machine
+# overloaded beyond reason, a run that sleeps or waits) is still stopped after this many times
+# training_seconds of wall time. 3 lets a run finish its CPU budget with a third of its CPUs.
+CPU_WALL_FACTOR = 3.0
+
+
+def training_wall_cap(rules: Constitution) -> float:
+    """Wall seconds from the sandbox start to the stop signal at the latest."""
+    b = rules.budgets.experiment
+    return b.training_seconds * (CPU_WALL_FACTOR if b.clock == "cpu" else 1.0)
+
+
+def training_kill_seconds(rules: Constitution) -> float:
+    """Wall seconds from the sandbox start to the hard kill at the latest: the wall cap + grace (the
+    kill also comes grace seconds after an earlier stop). On the wall clock this is
+    rules.experiment_deadline_seconds."""
+    return training_wall_cap(rules) + rules.budgets.experiment.grace_seconds
 
 
 def read_stats(run_dir: Path) -> dict:
@@ -160,13 +180,18 @@ def integrity_problems(work_dir: Path, rules: Constitution) -> list[str]:
 
 def over_budget(t: SandboxResult, training_s: float, grace_s: float) -> str | None:
     """Why a training run is over its budget (never scored), or None. The controller sent the stop
-    signal at `training_s` after it started the sandbox; a run still going `grace_s` later was
-    killed, and one that did not exit cleanly after the signal did not save in time."""
+    signal at `training_s` (wall seconds after it started the sandbox, or on the cpu clock CPU
+    seconds per CPU, or the wall cap); a run still going `grace_s` later was killed, and one that
+    did not exit cleanly after the signal did not save in time."""
+    at = f"{training_s:g} s"
+    if t.clock == "cpu":
+        at = (f"the wall cap of {training_s * CPU_WALL_FACTOR:g} s" if t.stopped_by == "wall"
+              else f"{training_s:g} CPU s per CPU")
     if t.timed_out:
-        return (f"over budget: still running {grace_s:g} s after the stop signal at {training_s:g} s "
+        return (f"over budget: still running {grace_s:g} s after the stop signal at {at} "
                 "(start-up and compile included), so it was killed unscored")
     if t.stopped and t.returncode != 0:
-        return (f"over budget: stopped at {training_s:g} s (start-up and compile included) and did not save "
+        return (f"over budget: stopped at {at} (start-up and compile included) and did not save "
                 f"within the {grace_s:g} s grace (exit code {t.returncode})")
     return None
 
@@ -188,8 +213,11 @@ class Runner:
         writes only its run dir, compile caches included (nothing one run writes reaches the
         next). The controller owns the clock: SIGTERM at training_seconds after the sandbox
         starts ($CHARTER_DEADLINE, set by the sandbox from the clock it stops by, tells the run
-        when), the kill grace_seconds later."""
+        when), the kill grace_seconds later. On the cpu clock those are CPU seconds of the run's
+        tree per CPU it may use ($CHARTER_CPU_BUDGET and $CHARTER_CPU_THREADS tell the run; its
+        affinity is those CPUs), and $CHARTER_DEADLINE is the wall cap."""
         b = self.rules.budgets.experiment
+        cpu = b.clock == "cpu"
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = run_dir / ".compile-cache"  # per run: created by the run itself, as the sandbox uid
         env = base_env(self.rules) | {
@@ -198,6 +226,12 @@ class Runner:
             "TORCHINDUCTOR_CACHE_DIR": str(cache),
             "TRITON_CACHE_DIR": str(cache / "triton"),
         }
+        if cpu:
+            # OpenMP threads (torch's) that wait sleep rather than spin: a spinning thread is charged
+            # CPU for no work, and the more so the busier the machine (on 2 busy cores: 3.8 CPU s per
+            # step spinning, 1.9 passive, the same as with a competing process). The run may set
+            # its own policy; it pays for the spinning.
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         train_dir = Path(data["train_dir"])
         spec = SandboxSpec(
             argv=python_argv(self.rules.evaluation.train_command),
@@ -207,9 +241,14 @@ class Runner:
             readable=[train_dir, train_dir.parent / "manifest.json", Path(data["tokenizer_dir"])],
             hidden=self._hidden(data),
             env=env,
-            timeout_s=self.rules.experiment_deadline_seconds,
-            stop_after_s=b.training_seconds,
+            timeout_s=training_kill_seconds(self.rules),
+            stop_after_s=training_wall_cap(self.rules),
             stop_env="CHARTER_DEADLINE",
+            stop_after_cpu_s=b.training_seconds if cpu else None,
+            cpu_threads=b.cpu_threads,
+            cpu_env="CHARTER_CPU_BUDGET" if cpu else None,
+            threads_env="CHARTER_CPU_THREADS" if cpu else None,
+            stop_grace_s=b.grace_seconds,
             memory_mb=b.memory_hard_mb,
             max_processes=self.rules.sandbox.max_processes,
             max_file_mb=min(b.disk_mb, self.rules.sandbox.max_file_mb),

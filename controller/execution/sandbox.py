@@ -13,11 +13,16 @@ groups, no capabilities (effective, inheritable, ambient or bounding) and no_new
 root-only files stay unreadable, RLIMIT_NPROC applies, and a Unix socket it could somehow see
 is still refused by its file mode.
 
-Limits: a fresh cgroup per run where the machine allows it (v1 memory + pids here, v2
-elsewhere) holds the memory limit (RSS, shared memory, the private tmpfs: all of it), the task
-limit and the peak; without cgroups a poll of /proc (RSS including shared memory, plus the
+Limits: a fresh cgroup per run where the machine allows it (v1 memory + pids + cpuacct
+here, v2 elsewhere) holds the memory limit (RSS, shared memory, the private tmpfs: all of it),
+the task limit, the peak and the CPU count; without cgroups a poll of /proc (RSS including shared memory, plus the
 private tmpfs) does it. A wall-clock kill, an optional stop signal before it, RLIMIT_FSIZE and
 RLIMIT_NPROC, and a bounded log with a tail for the ledger.
+
+Two clocks for the stop: wall seconds from the start, or CPU seconds of the whole tree (the
+cgroup's cpuacct counter, else a poll of /proc) divided by the CPUs the run may use, which other
+work on the machine can't shrink; the run's CPU affinity is set to those CPUs, and a wall cap
+still stops a run that gets no CPU at all.
 
 Level "none" keeps the same process handling (and the cgroup) without bwrap, for labs whose
 constitution allows it: it runs as the controller's uid, not unprivileged. Nested bwrap does
@@ -49,6 +54,7 @@ from typing import Callable
 LOG_CAP_BYTES = 10 * 1024 * 1024    # the log file on disk stops growing here
 TAIL_BYTES = 4096                   # what the ledger keeps of the output
 POLL_S = 0.2                        # how often memory, processes and the clock are checked
+CPU_POLL_MIN_S = 0.01               # near the end of a CPU budget its counter is read this often at most
 DRAIN_S = 2.0                       # after the end, how long to wait for the pipe to close
 CGROUP_RMDIR_S = 5.0                # how long to retry removing a run's cgroup after the kill
 # The stop signal comes this long before the time a run is told (SandboxSpec.stop_env), so a run
@@ -101,6 +107,14 @@ class SandboxSpec:
     stop_after_s: float | None = None  # SIGTERM to the untrusted processes at this wall time, once
     stop_env: str | None = None     # an env var told when to stop (unix seconds): STOP_LEAD_S after the
                                     # signal, on the clock the signal is sent by
+    # The cpu clock: SIGTERM once the tree's CPU seconds / the CPUs it may use reach this; stop_after_s
+    # is then a wall cap, and whichever comes first sends the one stop signal.
+    stop_after_cpu_s: float | None = None
+    cpu_threads: int = 0            # CPUs the run may use: its affinity (the first N of ours) and the cpu
+                                    # clock's divisor; 0, or more than we have, = all of ours
+    cpu_env: str | None = None      # an env var told the CPU seconds per CPU the run has: STOP_LEAD_S over the stop
+    threads_env: str | None = None  # an env var told how many CPUs the run may use
+    stop_grace_s: float | None = None  # the hard kill also comes this many wall seconds after the stop signal
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,10 @@ class SandboxResult:
     stopped: bool = False           # the stop signal (SIGTERM) was sent
     exit_seconds: float | None = None  # start to the main process's own exit; None if the sandbox ended it
     unprivileged: bool = False      # ran as SANDBOX_UID without capabilities (level "bubblewrap")
+    clock: str = "wall"             # what the stop counted: "wall", or "cpu" (CPU seconds per CPU, a wall cap too)
+    cpu_seconds: float | None = None  # user + system CPU of the whole tree over the run (the cgroup's, else polled)
+    cpu_threads: int = 0            # the CPUs it could use (its affinity): the cpu clock's divisor
+    stopped_by: str = ""            # "cpu" or "wall": the clock that reached its limit and sent the stop signal
 
 
 def minimal_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -417,7 +435,8 @@ def _keyed(path: Path, key: str) -> int:
 
 
 def _cgroup_parents() -> tuple[str, dict[str, Path]] | None:
-    """Where this process's own groups are: ("v1", {"memory": dir, "pids": dir}) or ("v2", {"unified": dir})."""
+    """Where this process's own groups are: ("v1", {"memory": dir, "pids": dir, "cpuacct": dir}) or
+    ("v2", {"unified": dir})."""
     try:
         mine = {}
         for line in _read(Path("/proc/self/cgroup")).splitlines():
@@ -442,7 +461,7 @@ def _cgroup_parents() -> tuple[str, dict[str, Path]] | None:
         return d if d.is_dir() else None
 
     v1 = {}
-    for c in ("memory", "pids"):
+    for c in ("memory", "pids", "cpuacct"):
         for fstype, root, point, opts in mounts:
             if fstype == "cgroup" and c in opts and c in mine and (d := place(root, point, mine[c])):
                 v1[c] = d
@@ -460,11 +479,24 @@ class _Cgroup:
     """One run's group(s): created with its limits, read while it runs, removed after."""
 
     kind: str                       # "cgroup-v1" or "cgroup-v2"
-    dirs: dict[str, Path]           # v1: {"memory": dir, "pids": dir (optional)}; v2: {"unified": dir}
+    dirs: dict[str, Path]           # v1: {"memory": dir, "pids": dir, "cpuacct": dir (those two optional)}; v2: {"unified": dir}
 
     @property
     def has_pids(self) -> bool:
         return "pids" in self.dirs or "unified" in self.dirs
+
+    @property
+    def has_cpu(self) -> bool:
+        return "cpuacct" in self.dirs or ("unified" in self.dirs and (self.dirs["unified"] / "cpu.stat").exists())
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU of every task that ever ran in the group or in groups nested in it."""
+        try:
+            if self.kind == "cgroup-v1":
+                return int(_read(self._f("cpuacct", "cpuacct.usage"))) / 1e9
+            return _keyed(self._f("unified", "cpu.stat"), "usage_usec") / 1e6
+        except (OSError, ValueError):
+            return None
 
     def _f(self, controller: str, name: str) -> Path:
         return self.dirs.get(controller, self.dirs.get("unified")) / name
@@ -555,7 +587,8 @@ def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup
                 except OSError:
                     if c == "memory":
                         raise
-                    continue                         # no pids group: RLIMIT_NPROC and the poll remain
+                    continue                         # no pids group: RLIMIT_NPROC and the poll remain;
+                                                     # no cpuacct group: the poll counts CPU
                 made[c] = parent / name
             _write(made["memory"] / "memory.limit_in_bytes", limit)
             if (made["memory"] / "memory.memsw.limit_in_bytes").exists():
@@ -640,6 +673,60 @@ def _tree(root: int) -> dict[int, int]:
             found[pid] = starts[pid]
             todo += children.get(pid, [])
     return found
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of utime and stime in /proc/PID/stat
+
+
+def _cpu_ticks(pid: int, start: int) -> int | None:
+    """utime + stime of pid (all its threads, exited ones included) if it is still the process
+    that started at `start`; a zombie still shows what it used."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        if int(fields[19]) != start:
+            return None
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _CpuMeter:
+    """CPU seconds (user + system) a run's tree has used so far: its cgroup's counter where it has
+    one, else the sum over the polled tree of each process's utime + stime, the most seen per
+    process, so one that exits keeps what it used and the sum never goes back.
+
+    The poll's limits: a process that lives less than a poll is never counted, and one that exits
+    loses what it used since it was last read (up to POLL_S of CPU, less near the end of a CPU
+    budget, when the tree is read more often); threads count in their process, exited ones too,
+    and a process's reaped children are not added twice. So the poll can only undercount, by a
+    poll per process that exits: a run that forks many short-lived workers gets more than its
+    budget. The cgroup has no such gap (every task charged, to the nanosecond)."""
+
+    def __init__(self, group: _Cgroup | None):
+        self.group = group if group is not None and group.has_cpu else None
+        self.most: dict[tuple[int, int], int] = {}   # (pid, start time) -> most ticks seen
+        self.seconds = 0.0
+
+    def read(self, tree: dict[int, int]) -> float:
+        if self.group:
+            seconds = self.group.cpu_seconds()
+            if seconds is not None:                  # a failed read keeps the last value
+                self.seconds = max(self.seconds, seconds)
+            return self.seconds
+        for pid, start in tree.items():
+            ticks = _cpu_ticks(pid, start)
+            if ticks is not None and ticks > self.most.get((pid, start), -1):
+                self.most[(pid, start)] = ticks
+        self.seconds = sum(self.most.values()) / CLK_TCK
+        return self.seconds
+
+
+def run_cpus(threads: int) -> list[int]:
+    """The CPUs a run that may use `threads` of them gets: the first ones this process may use
+    (all of them for 0, or for more than there are)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[:threads] if 0 < threads < len(allowed) else allowed
 
 
 def _rss_bytes(pid: int) -> int:
@@ -742,12 +829,18 @@ def _terminate(pids) -> None:
             pass
 
 
-def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str]) -> None:
+def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str], cpus: list[int] | None = None) -> None:
     # runs in the child before exec; bwrap and everything under it inherit all of this.
     # Into the run's cgroup first, so nothing untrusted ever runs outside it.
     for path in procs_files:
         with open(path, "w") as f:
             f.write(str(os.getpid()))
+    # The CPUs it may use. The run could widen its own affinity again (that needs no privilege;
+    # a cpuset cgroup would be the lock), but under the cpu clock every CPU second of the tree is
+    # charged, so a wider run only spends its budget sooner: the affinity keeps it to its share
+    # of the machine, the charge keeps it honest.
+    if cpus is not None and set(cpus) != os.sched_getaffinity(0):
+        os.sched_setaffinity(0, cpus)
     # No RLIMIT_AS: CPU torch.compile peaks at ~1 GB virtual for 0.4 GB resident and CUDA
     # reserves far more address space than memory; the cgroup (or the poll) is the memory limit.
     _lower(resource.RLIMIT_FSIZE, max_file_mb << 20)
@@ -814,13 +907,25 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
 
     Level "none" applies env, cwd, rlimits, the cgroup, the limits and the kill, but not the
     file-system view, the uid or the network.
+
+    The stop signal comes at spec.stop_after_s wall seconds or, on the cpu clock, once the tree's
+    CPU seconds divided by its CPUs reach spec.stop_after_cpu_s, whichever is first.
     """
     global _bwrap_ok
     t0 = time.monotonic()           # the run's clock: the stop, the timeout and exit_seconds count from here
     stop_at = t0 + spec.stop_after_s if spec.stop_after_s is not None else None
+    cpu_stop = spec.stop_after_cpu_s
+    cpus = run_cpus(spec.cpu_threads)
+    threads = len(cpus)
+    told_env = {}
     if stop_at is not None and spec.stop_env:
-        told = time.time() + spec.stop_after_s + STOP_LEAD_S
-        spec = replace(spec, env={**spec.env, spec.stop_env: f"{told:.3f}"})
+        told_env[spec.stop_env] = f"{time.time() + spec.stop_after_s + STOP_LEAD_S:.3f}"
+    if cpu_stop is not None and spec.cpu_env:
+        told_env[spec.cpu_env] = f"{cpu_stop + STOP_LEAD_S:.3f}"
+    if spec.threads_env:
+        told_env[spec.threads_env] = str(threads)
+    if told_env:
+        spec = replace(spec, env={**spec.env, **told_env})
     if level == "bubblewrap":
         if not _bwrap_ok:
             problem = _probe_bwrap()
@@ -838,18 +943,20 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
 
     group = _make_cgroup(spec.memory_mb, spec.max_processes + extra)
     limits = group.kind if group else "poll"
+    clock = "cpu" if cpu_stop is not None else "wall"
     log = _Log(spec.stdout_path)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=functools.partial(_child_setup, spec.max_file_mb,
                                                              _nproc(spec.max_processes, extra, group),
-                                                             group.procs_files() if group else []))
+                                                             group.procs_files() if group else [], cpus))
     except (OSError, subprocess.SubprocessError) as e:
         if group:
             group.remove()
         log.write(f"[charter: could not start {argv[0]}: {e}]\n".encode())
-        return SandboxResult(None, False, False, 0.0, 0.0, level, log.close(), "", limits=limits)
+        return SandboxResult(None, False, False, 0.0, 0.0, level, log.close(), "", limits=limits, clock=clock,
+                             cpu_threads=threads)
     if on_start:
         on_start(proc.pid)
     try:
@@ -859,13 +966,21 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
 
     fd = proc.stdout.fileno()
     known: dict[int, int] = {}      # every pid seen in the tree, to kill orphans later
-    peak, reason, eof, last_poll, stopped, exited = 0, "", False, 0.0, False, None
+    tree: dict[int, int] = {}       # the tree at the last poll
+    meter = _CpuMeter(group)
+    peak, reason, eof, last_poll, stopped, stopped_by, exited, used = 0, "", False, 0.0, False, "", None, 0.0
     deadline = t0 + spec.timeout_s
     try:
         while True:
             wait = POLL_S
-            if stop_at is not None and not stopped:          # wake for the stop on time, not a poll late
-                wait = max(0.0, min(POLL_S, stop_at - time.monotonic()))
+            if not stopped:                                  # wake for the stop on time, not a poll late
+                if stop_at is not None:
+                    wait = min(wait, stop_at - time.monotonic())
+                if cpu_stop is not None:
+                    # `threads` CPUs spend at most that many CPU seconds per second: the budget
+                    # can't run out sooner than this
+                    wait = min(wait, max(CPU_POLL_MIN_S, cpu_stop - used / threads))
+                wait = max(0.0, wait)
             waits = ([] if eof else [fd]) + ([pidfd] if pidfd is not None else [])
             ready = select.select(waits, [], [], wait)[0] if waits else time.sleep(wait) or []
             if fd in ready:
@@ -878,14 +993,24 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 exited = time.monotonic()
                 break
             now = time.monotonic()
-            if stop_at is not None and not stopped and now >= stop_at:
-                _terminate(set(_tree(proc.pid)) | set(group.pids() if group else []))
-                stopped = True
+            if not stopped:
+                if cpu_stop is not None:
+                    used = meter.read(tree)
+                if stop_at is not None and now >= stop_at:
+                    stopped_by = "wall"
+                elif cpu_stop is not None and used / threads >= cpu_stop:
+                    stopped_by = "cpu"
+                if stopped_by:
+                    _terminate(set(_tree(proc.pid)) | set(group.pids() if group else []))
+                    stopped = True
+                    if spec.stop_grace_s is not None:
+                        deadline = min(deadline, now + spec.stop_grace_s)
             if now - last_poll < POLL_S:
                 continue
             last_poll = now
             tree = _tree(proc.pid)
             known.update(tree)
+            used = meter.read(tree)
             if group:
                 peak = max(peak, group.usage_bytes())
                 over_memory = group.oom_kills() > 0  # the kernel killed one of them at the limit
@@ -903,6 +1028,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
             if reason:
                 break
     finally:
+        meter.read(known)           # the poll's last look at what is still there
         # whatever happened, nothing we started outlives this call
         _kill(proc.pid, known, group)
         proc.wait()
@@ -915,6 +1041,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 eof = not chunk
                 log.write(chunk)
         proc.stdout.close()
+        cpu_seconds = meter.read({})  # the cgroup's: everything charged, to the kill
         if group:
             # a limit the kernel enforced ends the run as surely as our kill: an OOM-killed
             # worker process or a refused fork is reported even when the main process then exited
@@ -939,6 +1066,10 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
         stopped=stopped,
         exit_seconds=None if reason or exited is None else exited - t0,
         unprivileged=level == "bubblewrap",
+        clock=clock,
+        cpu_seconds=cpu_seconds,
+        cpu_threads=threads,
+        stopped_by=stopped_by,
     )
 
 

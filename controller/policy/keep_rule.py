@@ -1,39 +1,138 @@
-"""The keep rule: does a candidate's val_bpb truly beat the current best?
+"""The keep rule: does a candidate's val_bpb truly beat the incumbent's, given the noise?
 
-Pure decision logic from the constitution's `decision` section (and THROTTLE's extra
-confirmation runs). A candidate is kept only if the mean of its runs improves on the best by at
-least `min_improvement`; with confirmation runs, the first run must already clear the bar before
-more runs are spent on it. CPU noise (sd ~0.007 bpb at 60 s) is why the bar exists.
+Pure decision logic from the constitution's `decision` section. The incumbent's value is the mean
+of all its runs; the candidate's is the mean of its runs. The improvement (incumbent - candidate,
+lower val_bpb is better) must clear a one-sided t-test at `confidence`, with the measured noise
+(`controller.policy.noise`) and the numbers of runs on both sides, and never less than
+`min_improvement`. Screen, then confirm: a first run whose improvement, if it held, would clear
+the bar after all the candidate's runs is promising and earns its confirmation runs; anything
+less is discarded at once, so runs are spent only where they can pay. The test is made once,
+on all the runs, so P(keep | no real gain) <= 1 - confidence (the screen only ever discards).
+THROTTLE asks for more runs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
+from statistics import NormalDist
+
+from controller.policy.noise import NoiseEstimate
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """The constitution's decision section, with the gate's demand folded in."""
+
+    min_improvement: float
+    confidence: float
+    runs: int = 1  # 1 + confirmation runs: a candidate is kept only on all of them
+
+
+@dataclass(frozen=True)
+class Evidence:
+    incumbent_runs: tuple[float, ...]
+    candidate_runs: tuple[float, ...]
+    improvement: float  # mean(incumbent) - mean(candidate); positive = better
+    threshold: float  # the improvement these runs had to show
+    sd: float
+    df: float
+    confidence: float  # overall, before the split across looks
 
 
 @dataclass(frozen=True)
 class KeepVerdict:
     keep: bool
-    need_more_runs: int  # > 0: run the candidate this many more times, then ask again
+    need_more_runs: int  # > 0: run the candidate once more, then ask again
     reason: str
-    improvement: float  # best - mean(candidate runs); positive = better
+    evidence: Evidence
+
+    @property
+    def improvement(self) -> float:
+        return self.evidence.improvement
 
 
-def judge(best: float, runs: list[float], min_improvement: float, confirmation_runs: int, noise_sd: float = 0.0) -> KeepVerdict:
-    """Decide on a candidate given its val_bpb runs so far (lower is better)."""
-    if not runs or any(not math.isfinite(r) for r in runs):
-        return KeepVerdict(False, 0, "no finite val_bpb", 0.0)
-    mean = statistics.fmean(runs)
-    improvement = best - mean
-    bar = f"{improvement:+.4f} vs required {min_improvement:.4f}"
-    noise = f", {improvement / noise_sd:.1f} sd" if noise_sd > 0 else ""
-    if improvement < min_improvement or improvement <= 0:
-        what = "first run" if len(runs) == 1 else f"mean of {len(runs)} runs"
-        return KeepVerdict(False, 0, f"{what} {mean:.4f} does not beat best {best:.4f} by enough ({bar}{noise})", improvement)
-    wanted = 1 + confirmation_runs
-    if len(runs) < wanted:
-        return KeepVerdict(False, wanted - len(runs), f"promising ({bar}); confirming with {wanted - len(runs)} more run(s)", improvement)
-    what = "run" if len(runs) == 1 else f"mean of {len(runs)} runs"
-    return KeepVerdict(True, 0, f"{what} {mean:.4f} beats best {best:.4f} ({bar}{noise})", improvement)
+@functools.lru_cache(maxsize=4096)
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t with df degrees of freedom (df = inf: the normal)."""
+    if not 0.5 <= p < 1:
+        raise ValueError("p must be in [0.5, 1)")
+    if p == 0.5:
+        return 0.0
+    if math.isinf(df) or df > 1e6:
+        return NormalDist().inv_cdf(p)
+    if df <= 0:
+        raise ValueError("df must be positive")
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        hi *= 2
+    while hi - lo > 1e-10:  # bisection: the cdf is monotone
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _t_cdf(t: float, df: float) -> float:
+    x = df / (df + t * t)
+    tail = 0.5 * _reg_inc_beta(df / 2, 0.5, x)
+    return 1 - tail if t >= 0 else tail
+
+
+def _reg_inc_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) by its continued fraction (Lentz), the usual way without scipy."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _reg_inc_beta(b, a, 1 - x)
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + num * d
+        d = tiny if abs(d) < tiny else d
+        d = 1 / d
+        c = 1 + num / c
+        c = tiny if abs(c) < tiny else c
+        f *= c * d
+        if abs(1 - c * d) < 1e-14:
+            break
+    return front * (f - 1) / a
+
+
+def required_improvement(rule: KeepRule, noise: NoiseEstimate, incumbent_n: int, candidate_n: int) -> float:
+    """The improvement a candidate with candidate_n runs must show over an incumbent with incumbent_n."""
+    se = noise.sd * math.sqrt(1 / max(1, incumbent_n) + 1 / max(1, candidate_n))
+    return max(rule.min_improvement, t_quantile(rule.confidence, noise.df) * se)
+
+
+def judge(incumbent_runs: list[float], candidate_runs: list[float], rule: KeepRule, noise: NoiseEstimate) -> KeepVerdict:
+    """Decide on a candidate given both sides' val_bpb runs so far (lower is better)."""
+    inc = tuple(r for r in incumbent_runs if math.isfinite(r))
+    cand = tuple(candidate_runs)
+    if not inc or not cand or any(not math.isfinite(r) for r in cand):
+        ev = Evidence(inc, cand, 0.0, math.inf, noise.sd, noise.df, rule.confidence)
+        return KeepVerdict(False, 0, "no finite val_bpb to compare", ev)
+    inc_mean, cand_mean = statistics.fmean(inc), statistics.fmean(cand)
+    improvement = inc_mean - cand_mean
+    final = len(cand) >= rule.runs
+    need = required_improvement(rule, noise, len(inc), max(len(cand), rule.runs))  # the bar of the final test
+    ev = Evidence(inc, cand, improvement, need, noise.sd, noise.df, rule.confidence)
+    what = "its run" if len(cand) == 1 else f"the mean of its {len(cand)} runs"
+    said = (f"{what} {cand_mean:.4f} vs the incumbent's {inc_mean:.4f} ({len(inc)} run{'s' * (len(inc) > 1)}): "
+            f"improvement {improvement:+.4f}, required {need:.4f}{'' if final else f' after {rule.runs} runs'} "
+            f"({rule.confidence:.0%} one-sided, {noise.describe()}, min_improvement {rule.min_improvement:g})")
+    if improvement < need:
+        return KeepVerdict(False, 0, f"discarded: {said}", ev)
+    if not final:
+        return KeepVerdict(False, 1, f"promising: {said}; confirming (run {len(cand) + 1} of {rule.runs})", ev)
+    return KeepVerdict(True, 0, f"kept: {said}", ev)

@@ -1,4 +1,4 @@
-"""The loop's pure policies: what a run's status means, how many runs a candidate gets, what
+"""The loop's pure policies: what a run's status means, the keep rule in force, what
 FREEZE does next, and whether a budget forbids another experiment.
 
 Each is a function of plain values (the constitution, the gate, usage, counts), so the session
@@ -13,6 +13,7 @@ from enum import StrEnum
 from constitution import Constitution, GateState
 from controller.policy import budgets
 from controller.policy.gates import Firing, Outcome
+from controller.policy.keep_rule import KeepRule
 from ledger import Decision
 from ledger.payloads import Decided
 
@@ -27,12 +28,13 @@ def decision_for_failed_run(status: str, stop_requested: bool) -> Decision:
     return Decision.TIMEOUT if status == "timeout" else Decision.CRASH
 
 
-def confirmation_runs(rules: Constitution, gate: GateState) -> int:
-    """Extra runs a promising candidate must pass; THROTTLE may ask for more than the keep rule."""
-    runs = rules.decision.confirmation_runs
+def keep_rule_for(rules: Constitution, gate: GateState) -> KeepRule:
+    """The keep rule in force: the constitution's, with THROTTLE's demand for more confirmation runs."""
+    d = rules.decision
+    extra = d.confirmation_runs
     if gate == GateState.THROTTLE:
-        runs = max(runs, rules.gates.throttle.confirmation_runs)
-    return runs
+        extra = max(extra, rules.gates.throttle.confirmation_runs)
+    return KeepRule(d.min_improvement, d.confidence, 1 + extra)
 
 
 class FreezeStep(StrEnum):

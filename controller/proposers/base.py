@@ -50,6 +50,10 @@ class HistoryItem:
     improvement: float | None  # best before it minus its val_bpb; positive = it helped
     reason: str = ""  # the controller's reason for the decision
     rule: str | None = None  # the harm-test rule that refused it, for a refusal
+    session: str = ""  # the session it ran in (lab history spans sessions)
+    experiment: int = 0
+    runs: tuple[float, ...] = ()  # every scored run of it (confirmations included)
+    threshold: float | None = None  # the improvement it had to reach to be kept
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class ProposalContext:
     experiment: int
     deadline: float | None = None  # time.time() by which the proposer must return
     budget: AgentBudget | None = None
+    lab_history: list[HistoryItem] = field(default_factory=list)  # earlier sessions of this lab, oldest first
 
 
 class Proposer(Protocol):

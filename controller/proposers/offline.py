@@ -1,26 +1,55 @@
-"""The offline proposer: a seeded search over train.py's UPPER_CASE hyperparameter block.
+"""The offline proposer: a seeded search over train.py's UPPER_CASE hyperparameter block that
+learns from every session of the lab.
 
-It parses the block with `ast`, proposes moving one or two knobs (a constant, or all *BATCH*
+It parses the block with `ast` and proposes moving one or two knobs (a constant, or all *BATCH*
 constants together): learning rates geometrically, ratios by 0.1, power-of-two sizes by doubling
-or halving, depth by one. It learns from the ledger's history which knobs paid (mean improvement,
-scaled by a prior on the knobs known to matter most, plus a bonus for untried ones) and
-never proposes a configuration already tried. Given the same seed and history it proposes the
-same thing. Edits replace only the literal's characters, so the diff is one line per constant.
+or halving, depth by one. What it learns comes from the whole lab (`ctx.lab_history`, then this
+session's `ctx.history`), read session by session: an experiment moved the knobs whose values
+differ from its own session's incumbent (the baseline, then each kept experiment), so sessions
+that started from different incumbents are read correctly. From that it (1) scores knobs by the
+mean improvement their moves bought, scaled by a prior on the knobs known to matter most, plus
+a bonus for untried ones; (2) skips inert knobs, found two ways: in the source, a constant the
+code never reads, or reads only under `if`s (and `x if c else y`, `and`/`or`) that are false for
+the current values (`MATRIX_LR` under `if OPTIMIZER == "muon":` while `OPTIMIZER = "adamw"`;
+`dead_constants`), and in the results, a knob moved `INERT_AFTER` times whose moves never came
+within half of the bar and whose mean |effect| stayed at noise level (`OfflineProposer.inert`
+says which and why); (3) proposes first what near-misses suggest: two knobs whose single moves
+each came close are combined into one move, and a near-miss is re-tried once alone on a new
+incumbent; only then a seeded random draw. A configuration tried in any session is never
+proposed again. Pure (no IO); given the same seed and history it proposes the same thing. Edits
+replace only the literal's characters, so the diff is one line per constant.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import operator
 import random
+import re
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import combinations
 
-from controller.proposers.base import Proposal, ProposalContext
+from controller.proposers.base import HistoryItem, Proposal, ProposalContext
 
 TARGET = "train.py"
 FROZEN = ("SEED",)  # changing the seed only mines noise
 # learning rate and batch size move val_bpb most in a fixed time budget (~0.08 bpb each at 60 s on CPU)
 PRIORS = (("LEARNING_RATE", 4.0), ("BATCH", 4.0), ("LR", 1.5))
+
+# What the results say. The bar an experiment had to clear is its `threshold`; older records
+# without one get the constitution's default min_improvement.
+DEFAULT_THRESHOLD = 0.01
+NEAR_MISS = 0.5  # a discarded move that gained at least this share of its bar came close
+INERT_AFTER = 3  # moves of a knob before its results can call it inert
+# Mean |improvement| below this many bars is noise: the bar sits at CPU noise (sd ~0.007 bpb per
+# 60 s run, min_improvement 0.01), so a knob that does nothing still shows a mean |difference| of
+# two runs near 0.8 * sqrt(2) * 0.007 ~ 0.008 ~ one bar; the knobs that matter move ~0.08 (8 bars).
+INERT_EFFECT = 2.0
+FAILED = ("crash", "timeout")  # it broke: the knob had an effect, a bad one
+MEASURED = ("keep", "discard")
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,260 @@ def apply_values(source: str, consts: dict[str, Constant], new: dict[str, float]
     return "".join(lines)
 
 
+# ---------------------------------------------------------------------------
+# Inert constants, from the source
+
+_UNKNOWN = object()
+_ESCAPES = {"globals", "vars", "locals", "eval", "exec", "__import__"}  # names read by string: unsure of all
+_COMPARE = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+}
+
+
+def _value(e: ast.expr, env: dict[str, object]) -> object:
+    """What an expression of literals and known constants evaluates to, or _UNKNOWN."""
+    if isinstance(e, ast.Constant):
+        return e.value
+    if isinstance(e, ast.Name):
+        return env.get(e.id, _UNKNOWN)
+    try:
+        if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
+            items = [_value(x, env) for x in e.elts]
+            if any(x is _UNKNOWN for x in items):
+                return _UNKNOWN
+            return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(e)](items)
+        if isinstance(e, ast.UnaryOp):
+            v = _value(e.operand, env)
+            if v is _UNKNOWN:
+                return _UNKNOWN
+            return {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos}[type(e.op)](v)
+        if isinstance(e, ast.Compare):
+            left = _value(e.left, env)
+            rights = [_value(x, env) for x in e.comparators]
+            if left is _UNKNOWN or any(x is _UNKNOWN for x in rights):
+                return _UNKNOWN
+            for op, right in zip(e.ops, rights):
+                if not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+    except (TypeError, ValueError, KeyError, ArithmeticError):  # e.g. `"a" < 1`, an unhashable set member
+        return _UNKNOWN
+    return _UNKNOWN
+
+
+def _truth(e: ast.expr, env: dict[str, object]) -> bool | None:
+    """Whether a test is true for the current values: True, False or None (can't tell)."""
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        t = _truth(e.operand, env)
+        return None if t is None else not t
+    if isinstance(e, ast.BoolOp):
+        ts = [_truth(v, env) for v in e.values]
+        short, other = (False, True) if isinstance(e.op, ast.And) else (True, False)
+        if short in ts:
+            return short
+        return other if all(t is other for t in ts) else None
+    v = _value(e, env)
+    if v is _UNKNOWN:
+        return None
+    try:
+        return bool(v)
+    except Exception:  # noqa: BLE001 - a literal whose truth raises: can't tell
+        return None
+
+
+@dataclass(frozen=True)
+class _Read:
+    name: str
+    guards: tuple[tuple[ast.expr, bool], ...]  # (test, the truth it needs) around the read
+    owner: str | None  # the top-level UPPER_CASE constant whose definition holds the read
+
+
+def _reads(tree: ast.Module, names: set[str]) -> list[_Read]:
+    out: list[_Read] = []
+
+    def visit(node: ast.AST, guards: tuple, owner: str | None) -> None:
+        if isinstance(node, (ast.If, ast.IfExp)):
+            visit(node.test, guards, owner)
+            body = node.body if isinstance(node.body, list) else [node.body]
+            orelse = node.orelse if isinstance(node.orelse, list) else [node.orelse]
+            for child in body:
+                visit(child, guards + ((node.test, True),), owner)
+            for child in orelse:
+                visit(child, guards + ((node.test, False),), owner)
+            return
+        if isinstance(node, ast.BoolOp):  # `a and b` reads b only when a is true; `a or b` when false
+            need = isinstance(node.op, ast.And)
+            for i, v in enumerate(node.values):
+                visit(v, guards + tuple((prev, need) for prev in node.values[:i]), owner)
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in names:
+            out.append(_Read(node.id, guards, owner))
+        for child in ast.iter_child_nodes(node):
+            visit(child, guards, owner)
+
+    for stmt in tree.body:
+        owner = None
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            if len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id.isupper():
+                owner = targets[0].id
+        visit(stmt, (), owner)
+    return out
+
+
+def dead_constants(source: str) -> dict[str, str]:
+    """UPPER_CASE top-level constants (numbers, strings, flags) that changing cannot affect, with
+    why: never read, or read only where an enclosing test is false for the current values, or
+    read only to define other dead constants. A test counts only when it is made of literals and
+    constants assigned once, to a literal (`==`, `!=`, `<`, `in`, `is`, `not`, `and`, `or`);
+    anything else is unsure and leaves the read live, as does any sign that names are looked up
+    by string (`globals()`, `getattr(x, "NAME")`, `module.NAME`)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    defined: dict[str, ast.expr] = {}
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and stmt.targets[0].id.isupper()):
+            defined[stmt.targets[0].id] = stmt.value
+    stores: dict[str, int] = {}
+    by_string: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, (ast.Store, ast.Del)):
+                stores[node.id] = stores.get(node.id, 0) + 1
+            elif node.id in _ESCAPES:
+                return {}
+        elif isinstance(node, ast.Global):
+            for n in node.names:
+                stores[n] = stores.get(n, 0) + 2  # rebound from a function
+        elif isinstance(node, ast.Attribute):
+            by_string.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            by_string.add(node.value)
+    env: dict[str, object] = {}  # constants whose value is known: assigned once, to a literal
+    for name, value in defined.items():
+        if stores.get(name) == 1:
+            try:
+                env[name] = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                pass
+    reads = _reads(tree, set(defined))
+
+    def blocker(r: _Read) -> tuple[ast.expr, bool] | None:
+        """The first enclosing test whose current truth keeps the read from running, if any."""
+        return next(((test, need) for test, need in r.guards if _truth(test, env) is (not need)), None)
+
+    live_reads = [r for r in reads if blocker(r) is None]
+    live = set(by_string) & set(defined)
+    changed = True
+    while changed:  # a read in the definition of another constant counts only if that one is live
+        changed = False
+        for r in live_reads:
+            if r.name not in live and (r.owner is None or (r.owner in live and r.owner != r.name)):
+                live.add(r.name)
+                changed = True
+    out: dict[str, str] = {}
+    for name in sorted(set(defined) - live):
+        guarded = [r for r in reads if r.name == name and blocker(r) is not None]
+        if guarded:
+            test, need = blocker(guarded[0])
+            known = sorted({n.id for n in ast.walk(test) if isinstance(n, ast.Name) and n.id in env})
+            now = ", ".join(f"{n} = {env[n]!r}" for n in known)
+            out[name] = f"read only where `{ast.unparse(test)}` is {need}, and it is {not need} ({now})"
+        elif any(r.name == name for r in reads):
+            owners = sorted({r.owner for r in reads if r.name == name and r.owner})
+            out[name] = f"read only to define {', '.join(owners)}, itself inert"
+        else:
+            out[name] = "never read"
+    return out
+
+
+# ---------------------------------------------------------------------------
+# What the lab's results say
+
+
+@dataclass(frozen=True)
+class Move:
+    """One experiment read against its own session's incumbent."""
+
+    knobs: frozenset[str]  # the knobs it moved
+    values: dict[str, float]  # the constants it changed -> their new values
+    item: HistoryItem
+
+    def of(self, knob: str, knob_of: dict[str, str]) -> tuple[tuple[str, float], ...]:
+        """The values it gave one knob's constants, as a key."""
+        return tuple(sorted((k, v) for k, v in self.values.items() if knob_of.get(k, k) == knob))
+
+
+def sessions(ctx: ProposalContext) -> list[list[HistoryItem]]:
+    """The lab's history in sessions, oldest first; this session's own history comes last."""
+    groups: dict[str, list[HistoryItem]] = {}
+    for h in ctx.lab_history:
+        groups.setdefault(h.session, []).append(h)
+    return [*groups.values(), list(ctx.history)]
+
+
+def lab_moves(groups: Iterable[list[HistoryItem]], knob_of: dict[str, str]) -> list[Move]:
+    """Every experiment with params, with what it moved relative to its session's incumbent."""
+    out: list[Move] = []
+    for items in groups:
+        incumbent: dict[str, float] | None = None
+        for h in items:
+            if not h.params:
+                continue
+            if incumbent is not None and h.decision != "baseline":
+                values = {k: v for k, v in h.params.items() if k in incumbent and incumbent[k] != v}
+                if values:
+                    out.append(Move(frozenset(knob_of.get(k, k) for k in values), values, h))
+            if h.decision in ("baseline", "keep"):
+                incumbent = h.params
+    return out
+
+
+def _bar(h: HistoryItem) -> float:
+    return h.threshold if h.threshold is not None and h.threshold > 0 else DEFAULT_THRESHOLD
+
+
+def _near_miss(h: HistoryItem) -> bool:
+    """It helped, and was kept or came within NEAR_MISS of its bar."""
+    return (h.improvement is not None and h.improvement > 0 and h.decision in MEASURED
+            and (h.decision == "keep" or h.improvement >= NEAR_MISS * _bar(h)))
+
+
+def inert_by_results(moves: list[Move]) -> dict[str, str]:
+    """Knobs moved INERT_AFTER times or more, none of whose moves came within half of its bar
+    and whose mean |improvement| stayed under INERT_EFFECT bars; a move that crashed is an effect."""
+    seen: dict[str, list[HistoryItem]] = {}
+    broke: set[str] = set()
+    for m in moves:
+        for k in m.knobs:
+            if m.item.decision in FAILED:
+                broke.add(k)
+            elif m.item.decision in MEASURED and m.item.improvement is not None:
+                seen.setdefault(k, []).append(m.item)
+    out: dict[str, str] = {}
+    for k, items in sorted(seen.items()):
+        if len(items) < INERT_AFTER or k in broke:
+            continue
+        if any(h.improvement >= _bar(h) / 2 for h in items):
+            continue
+        effect = statistics.fmean(abs(h.improvement) for h in items)
+        bound = INERT_EFFECT * statistics.fmean(_bar(h) for h in items)
+        if effect < bound:
+            out[k] = (f"moved {len(items)} times, never within half of the bar, "
+                      f"mean |effect| {effect:.4f} < {bound:.4f} (noise)")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The proposer
+
+
 class OfflineProposer:
     name = "offline"
 
@@ -116,19 +399,87 @@ class OfflineProposer:
             return [{members[0]: v} for v in candidate_values(consts[members[0]])]
         return [{m: consts[m].value * f for m in members} for f in (0.5, 2.0) if all(consts[m].value * f >= 1 for m in members)]
 
-    def _knob_scores(self, ctx: ProposalContext, knob_of: dict[str, str]) -> dict[str, tuple[float, int]]:
-        """(mean improvement, count) per knob moved, from the structured history."""
+    @staticmethod
+    def _knob_scores(moves: list[Move]) -> dict[str, tuple[float, int]]:
+        """(mean improvement, count) per knob moved, over the whole lab."""
         stats: dict[str, list[float]] = {}
-        prev: dict[str, float] | None = None
-        for h in ctx.history:
-            if h.params and prev:
-                moved = {knob_of.get(k, k) for k in h.params if prev.get(k) != h.params[k]}
-                gain = h.improvement if h.improvement is not None else (-0.05 if h.decision in ("crash", "timeout") else 0.0)
-                for k in moved:
-                    stats.setdefault(k, []).append(gain)
-            if h.params and h.decision in ("baseline", "keep"):
-                prev = h.params
+        for m in moves:
+            h = m.item
+            gain = h.improvement if h.improvement is not None else (-0.05 if h.decision in FAILED else 0.0)
+            for k in m.knobs:
+                stats.setdefault(k, []).append(gain)
         return {k: (sum(v) / len(v), len(v)) for k, v in stats.items()}
+
+    def inert(self, ctx: ProposalContext) -> dict[str, str]:
+        """Knobs not worth a proposal now, with why: dead in train.py's source (every constant of
+        the knob), or inert by the lab's results."""
+        source = ctx.files.get(TARGET)
+        if source is None:
+            return {}
+        try:
+            consts = parse_constants(source)
+        except SyntaxError:
+            return {}
+        knobs = self._knobs(consts)
+        knob_of = {m: k for k, members in knobs.items() for m in members}
+        return self._inert(ctx, source, knobs, lab_moves(sessions(ctx), knob_of))
+
+    def _inert(self, ctx: ProposalContext, source: str, knobs: dict[str, list[str]], moves: list[Move]) -> dict[str, str]:
+        dead = dead_constants(source)
+        # another editable module that names a constant may read it (`from train import X`)
+        elsewhere = "\n".join(t for p, t in sorted(ctx.files.items()) if p != TARGET and p.endswith(".py"))
+        out: dict[str, str] = {}
+        for knob, members in knobs.items():
+            gone = [m for m in members if m in dead and not re.search(rf"\b{re.escape(m)}\b", elsewhere)]
+            if len(gone) == len(members):
+                out[knob] = "; ".join(f"{m} {dead[m]}" if m != knob else dead[m] for m in members)
+        for knob, why in inert_by_results(moves).items():
+            if knob in knobs and knob not in out:
+                out[knob] = why
+        return dict(sorted(out.items()))
+
+    def _from_near_misses(self, moves: list[Move], knob_of: dict[str, str], live: set[str],
+                          current: dict[str, float]) -> list[tuple[dict[str, float], str]]:
+        """Moves the near-misses suggest, best first: two knobs whose single moves came close,
+        together (once), then one near-miss again on a new incumbent (once more)."""
+        attempts: dict[tuple, int] = {}  # (knob, its values) -> single moves that tried exactly this
+        for m in moves:
+            if len(m.knobs) == 1:
+                (k,) = m.knobs
+                key = (k, m.of(k, knob_of))
+                attempts[key] = attempts.get(key, 0) + 1
+        near: dict[tuple, tuple[float, Move]] = {}  # each (knob, values) once, at its best showing
+        for m in moves:
+            if len(m.knobs) != 1 or not _near_miss(m.item):
+                continue
+            (k,) = m.knobs
+            key = (k, m.of(k, knob_of))
+            score = m.item.improvement / _bar(m.item)
+            if k in live and all(c in current for c, _ in key[1]) and (key not in near or score > near[key][0]):
+                near[key] = (score, m)
+
+        def on_current(key: tuple) -> dict[str, float]:
+            return {c: v for c, v in key[1] if current[c] != v}
+
+        def tag(key: tuple, m: Move) -> str:
+            where = f" in session {m.item.session}" if m.item.session else ""
+            return f"{key[0]} ({m.item.improvement:+.4f}, bar {_bar(m.item):.4f}, experiment {m.item.experiment}{where})"
+
+        out: list[tuple[int, float, dict[str, float], str]] = []
+        for a, b in combinations(sorted(near, key=repr), 2):
+            if a[0] == b[0]:
+                continue
+            together = any({a[0], b[0]} <= m.knobs and m.of(a[0], knob_of) == a[1] and m.of(b[0], knob_of) == b[1]
+                           for m in moves)
+            if not together and on_current(a) and on_current(b):  # both still move something
+                why = f"combines two near-misses: {tag(a, near[a][1])} and {tag(b, near[b][1])}"
+                out.append((0, -(near[a][0] + near[b][0]), {**on_current(a), **on_current(b)}, why))
+        for key, (score, m) in near.items():
+            new = on_current(key)
+            if new and attempts.get(key, 0) == 1 and m.item.decision != "keep":
+                out.append((1, -score, new, f"re-tries a near-miss on the new incumbent: {tag(key, m)}"))
+        out.sort(key=lambda t: (t[0], t[1], repr(sorted(t[2].items()))))  # pairs first, closest first
+        return [(new, why) for _, _, new, why in out]
 
     def propose(self, ctx: ProposalContext) -> Proposal | None:
         source = ctx.files.get(TARGET)
@@ -141,24 +492,41 @@ class OfflineProposer:
         if not consts:
             return None
         current = {k: c.value for k, c in consts.items()}
-        tried = {tuple(sorted(h.params.items())) for h in ctx.history if h.params}
+        groups = sessions(ctx)
+        tried = {tuple(sorted(h.params.items())) for items in groups for h in items if h.params}
         tried.add(tuple(sorted(current.items())))
         knobs = self._knobs(consts)
         knob_of = {m: k for k, members in knobs.items() for m in members}
-        scores = self._knob_scores(ctx, knob_of)
+        moves = lab_moves(groups, knob_of)
+        inert = self._inert(ctx, source, knobs, moves)
+        names = sorted(k for k in knobs if k not in inert)
+        skipped = "; skipping inert knobs: " + "; ".join(f"{k} ({why})" for k, why in inert.items()) if inert else ""
+
+        def valid(config: dict[str, float]) -> bool:
+            # widths must stay a multiple of the head size, or the model can't be built
+            dim, head = config.get("MODEL_DIM"), config.get("HEAD_DIM")
+            return not (dim and head and (dim % head or dim < head))
+
+        def proposal(new: dict[str, float], config: dict[str, float], why: str) -> Proposal:
+            desc = ", ".join(f"{k} {fmt(consts[k], current[k])} -> {fmt(consts[k], v)}" for k, v in new.items())
+            return Proposal(description=desc, hypothesis=why + skipped,
+                            files={TARGET: apply_values(source, consts, new).encode()}, source="offline", params=config)
+
+        for new, why in self._from_near_misses(moves, knob_of, set(names), current):
+            config = dict(current, **new)
+            if tuple(sorted(config.items())) not in tried and valid(config):
+                return proposal(new, config, why)
+
+        if not names:
+            return None
+        scores = self._knob_scores(moves)
         rng = random.Random(self.seed * 1_000_003 + ctx.experiment)
-        names = sorted(knobs)
 
         def weight(knob: str) -> float:
             mean, n = scores.get(knob, (0.0, 0))
             prior = next((w for key, w in PRIORS if key in knob), 1.0)
             # moves that paid, scaled by a prior on known high-leverage knobs, plus curiosity
             return prior * math.exp(max(-3.0, min(3.0, mean * 40))) + 1.0 / (1 + n)
-
-        def valid(config: dict[str, float]) -> bool:
-            # widths must stay a multiple of the head size, or the model can't be built
-            dim, head = config.get("MODEL_DIM"), config.get("HEAD_DIM")
-            return not (dim and head and (dim % head or dim < head))
 
         for _ in range(self.max_tries):
             first = rng.choices(names, weights=[weight(n) for n in names])[0]
@@ -167,23 +535,16 @@ class OfflineProposer:
                 picks.append(rng.choice([n for n in names if n != first]))
             new: dict[str, float] = {}
             for knob in picks:
-                moves = self._moves(knobs[knob], consts)
-                if not moves:
+                moves_of = self._moves(knobs[knob], consts)
+                if not moves_of:
                     break
-                new.update(rng.choice(moves[:2]) if rng.random() < 0.7 else rng.choice(moves))
+                new.update(rng.choice(moves_of[:2]) if rng.random() < 0.7 else rng.choice(moves_of))
             if not new:
                 continue
             config = dict(current, **new)
             if tuple(sorted(config.items())) in tried or not valid(config):
                 continue
-            desc = ", ".join(f"{k} {fmt(consts[k], current[k])} -> {fmt(consts[k], v)}" for k, v in new.items())
-            return Proposal(
-                description=desc,
-                hypothesis="offline search: neighbouring hyperparameters may train faster in the fixed budget",
-                files={TARGET: apply_values(source, consts, new).encode()},
-                source="offline",
-                params=config,
-            )
+            return proposal(new, config, "offline search: neighbouring hyperparameters may train faster in the fixed budget")
         return None
 
 

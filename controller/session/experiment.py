@@ -81,17 +81,20 @@ def commit_step(git: GitWorkspace, work_dir: Path, staged: Staged, experiment: i
     return git.commit_all(f"experiment {experiment}: {description[:200]}")
 
 
-def resource_use(outcome: RunOutcome | None, memory_soft_mb: int) -> dict:
-    """The `Decided` fields that describe what a run used (empty when nothing ran)."""
-    if outcome is None or outcome.train is None:
+def resource_use(outcomes: list[RunOutcome], memory_soft_mb: int) -> dict:
+    """The `Decided` fields that describe what an experiment's runs used together (empty when
+    nothing ran): any run's integrity failure or soft-memory excess counts, seconds add up."""
+    ran = [o for o in outcomes if o is not None and o.train is not None]
+    if not ran:
         return {}
-    peak = outcome.train.peak_rss_mb
+    peak = max(o.train.peak_rss_mb for o in ran)
+    evals = [o.evaluation.wall_seconds for o in ran if o.evaluation]
     return {
-        "integrity_failure": outcome.integrity_failure,
+        "integrity_failure": any(o.integrity_failure for o in ran),
         "memory_soft_exceeded": peak > memory_soft_mb,
         "peak_rss_mb": round(peak, 1),
-        "train_seconds": round(outcome.train.wall_seconds, 2),
-        "eval_seconds": round(outcome.evaluation.wall_seconds, 2) if outcome.evaluation else None,
+        "train_seconds": round(sum(o.train.wall_seconds for o in ran), 2),
+        "eval_seconds": round(sum(evals), 2) if evals else None,
     }
 
 

@@ -19,6 +19,7 @@ import queue
 import secrets
 import shutil
 import signal
+import statistics
 import tempfile
 import threading
 import time
@@ -33,21 +34,22 @@ import constitution
 from constitution import Constitution, GateState
 from controller.execution import sandbox
 from controller.execution.runner import (
-    Job, PrepareError, RunOutcome, Runner, data_problems, immutable_problems, time_claim, verify_data,
+    Job, PrepareError, RunOutcome, Runner, data_problems, immutable_problems, time_claim, training_kill_seconds,
+    verify_data,
 )
 from controller.live.server import LiveServer
 from controller.live.status import Inflight, Progress, SessionView, build_status
-from controller.policy import budgets, keep_rule
+from controller.policy import budgets, keep_rule, noise
 from controller.policy.gates import GateMachine, Outcome, Transition, firing_rules, restore_gate, transition_payload
 from controller.policy.in_force import check_in_force
 from controller.policy.outcomes import (
-    MAX_PROPOSER_FAILURES, FreezeStep, budget_stop, confirmation_runs, decision_for_failed_run, freeze_action, outcome_of,
+    MAX_PROPOSER_FAILURES, FreezeStep, budget_stop, decision_for_failed_run, freeze_action, keep_rule_for, outcome_of,
 )
 from controller.proposers import AgentBudget, HistoryItem, Proposal, ProposalContext, Proposer, ProposerResult, as_result
 from controller.proposers.offline import parse_constants
 from controller.session.experiment import DIFF_CAP, Refused, about, commit_step, harm_step, resource_use, stage_step
 from controller.session.recorder import CONTROLLER, Recorder
-from controller.session.resume import history_item, lab_outcomes, open_session, replay_session
+from controller.session.resume import history_item, lab_history, lab_outcomes, open_session, replay_session
 from controller.workspace.anchor import write_anchor
 from controller.workspace.lab import Lab
 from ledger import Decision, Event, EventKind, Ledger, LedgerError
@@ -92,6 +94,9 @@ class SessionState:
     keeps: int = 0
     outcomes: list[Outcome] = field(default_factory=list)  # lab-wide, for the gate rules
     history: list[HistoryItem] = field(default_factory=list)  # this branch's, for proposers
+    lab_history: list[HistoryItem] = field(default_factory=list)  # earlier sessions', for proposers
+    setup: str = ""  # the measurement setup of the rules in force (noise.measurement_setup)
+    runs: dict[str, list[float]] = field(default_factory=dict)  # every scored run per commit, this setup, lab-wide
     repairs: int = 0
     proposer_failures: int = 0  # consecutive
 
@@ -256,6 +261,18 @@ class Session:
             raise SessionRefused(problem)
         self.level = self.choose_isolation()
 
+    def _measurements(self, history: list[Event], sid: str) -> None:
+        """What the lab has measured under the rules in force: every run per commit (the noise and
+        the incumbent's value come from them) and the earlier sessions' experiments."""
+        s = self.state
+        s.setup = noise.measurement_setup(self.rules)
+        s.runs = noise.runs_by_commit(history, s.setup)
+        s.lab_history = lab_history(history, exclude_session=sid)
+
+    def noise_estimate(self) -> noise.NoiseEstimate:
+        d = self.rules.decision
+        return noise.estimate(self.state.runs.values(), d.noise_sd, d.noise_prior_df)
+
     def start_or_resume(self) -> None:
         history = self.led.events(kinds=HISTORY_KINDS)
         today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
@@ -279,6 +296,7 @@ class Session:
         git.checkout(branch, create_at=base)
         sid = f"s{utc_now().strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}"
         self.state = SessionState(sid, tag, branch, utc_now(), outcomes=lab_outcomes(history))
+        self._measurements(history, sid)
         self.recorder.session = sid
         self.recorder.snapshot = lambda: self._snapshot(running=True)
         digest = constitution.constitution_hash(self.rules)
@@ -306,6 +324,7 @@ class Session:
         p = replay.progress  # numbers are never reused, even for interrupted ones
         s.experiment, s.baseline_bpb, s.best_bpb, s.best_commit, s.keeps = p.experiments, p.baseline_bpb, p.best_bpb, p.best_commit, p.keeps
         s.history = replay.history
+        self._measurements(history, sid)
         self.recorder.snapshot = lambda: self._snapshot(running=True)
         digest = constitution.constitution_hash(self.rules)
         self.record(P.SessionResumed(
@@ -417,7 +436,7 @@ class Session:
         scratch = Path(tempfile.mkdtemp(prefix="charter-propose-"))
         files = self._copy_editable(scratch)
         ctx = ProposalContext(scratch, list(self.rules.scope.editable), files, list(s.history), s.best_bpb,
-                              s.experiment + 1, started + limit, self._agent_budget())
+                              s.experiment + 1, started + limit, self._agent_budget(), list(s.lab_history))
         value, error, self.proposer_overran = _call_with_deadline(self.proposer.propose, ctx, limit, cleanup=scratch)
         seconds = time.time() - started
         self.set_inflight(None)
@@ -450,31 +469,55 @@ class Session:
 
     # -- one experiment --------------------------------------------------------------------------
     def baseline(self, repair: bool = False) -> None:
+        """Measure the commit in the work tree: at session start `decision.baseline_runs` times (the
+        noise is measured, not assumed); while FREEZE, once more to re-verify the incumbent."""
         s = self.state
         commit = self.lab.git.head()
         if repair:
             s.experiment += 1  # a repair run is an experiment of its own in the record
         n = s.experiment if repair else 0
         label = f"repair: re-verify the baseline at {commit[:10]}" if repair else "baseline"
-        base = P.Decided(description=label, source="repair" if repair else "baseline", params=self._params(), repair=repair)
+        base = P.Decided(description=label, source="repair" if repair else "baseline", params=self._params(),
+                         repair=repair, setup=s.setup)
         self.record(P.Proposed(description=label, source=base.source, parent_commit=commit, params=base.params),
                     experiment=n, commit_sha=commit)
-        outcome = self.run_job(n, commit, 1, label)
-        use = resource_use(outcome, self.rules.budgets.experiment.memory_soft_mb)
-        if outcome.status != "ok":
-            decision = decision_for_failed_run(outcome.status, self.stop_requested.is_set())
-            self.decide(n, decision, f"{label} failed: {outcome.reason}", None, commit, dataclasses.replace(base, **use))
+        wanted = 1 if repair else self.rules.decision.baseline_runs
+        outcomes, bpbs = [], []
+        while len(outcomes) < wanted and not self.stop_requested.is_set():
+            outcome = self.run_job(n, commit, len(outcomes) + 1, label)
+            outcomes.append(outcome)
+            if outcome.status != "ok":
+                break
+            bpbs.append(outcome.val_bpb)
+        use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
+        last = outcomes[-1] if outcomes else None
+        if not bpbs or last.integrity_failure:  # a run that broke a pin voids the measurement
+            decision = decision_for_failed_run(last.status if last else "interrupted", self.stop_requested.is_set())
+            self.decide(n, decision, f"{label} failed: {last.reason if last else 'stopped before it ran'}", None, commit,
+                        dataclasses.replace(base, **use))
             return
-        bpb = outcome.val_bpb
+        s.runs = noise.merge(s.runs, commit, bpbs)
+        all_runs = s.runs[commit]
+        mean = statistics.fmean(all_runs)
+        est = self.noise_estimate()
+        evidence = dict(runs=bpbs, noise_sd=round(est.sd, 6), noise_df=est.df)
         drift = None
         if repair and s.best_bpb is not None:
-            drift = bpb - s.best_bpb
-            reason = f"re-verified baseline {bpb:.4f} vs recorded {s.best_bpb:.4f} (drift {drift:+.4f})"
+            drift = bpbs[0] - s.best_bpb
+            reason = f"re-verified baseline {bpbs[0]:.4f} vs recorded {s.best_bpb:.4f} (drift {drift:+.4f})"
+            if commit == s.best_commit:
+                s.best_bpb = mean  # the incumbent's value is the mean of all its runs
         else:
-            s.baseline_bpb = s.best_bpb = bpb
+            s.baseline_bpb = s.best_bpb = mean
             s.best_commit = commit
-            reason = f"baseline val_bpb {bpb:.4f}"
-        self.decide(n, Decision.BASELINE, reason, bpb, commit, dataclasses.replace(base, baseline_drift=drift, **use))
+            spread = f", sd {statistics.stdev(bpbs):.4f}" if len(bpbs) > 1 else ""
+            earlier = (f"; with {len(all_runs) - len(bpbs)} earlier run(s) of this commit the mean is {mean:.4f}"
+                       if len(all_runs) > len(bpbs) else "")
+            failed = f"; run {len(outcomes)} failed ({last.reason})" if last.status != "ok" else ""
+            reason = (f"baseline val_bpb {statistics.fmean(bpbs):.4f} over {len(bpbs)} run(s){spread}{earlier}{failed}; "
+                      f"{est.describe()}")
+        self.decide(n, Decision.BASELINE, reason, mean, commit,
+                    dataclasses.replace(base, baseline_drift=drift, **use, **evidence))
 
     def _params(self) -> dict[str, float] | None:
         try:
@@ -502,33 +545,48 @@ class Session:
         self.record(P.HarmPassed([c.path for c in staged.changes], staged.diff_lines), experiment=n)
         commit = commit_step(git, self.lab.root, staged, n, proposal.description)
         self.record(P.Committed(parent, staged.diff[:DIFF_CAP]), experiment=n, commit_sha=commit)
-        confirmations = confirmation_runs(self.rules, self.gate.gate)
         outcome = self.run_job(n, commit, 1, proposal.description)
-        base = dataclasses.replace(base, **resource_use(outcome, self.rules.budgets.experiment.memory_soft_mb))
+        outcomes = [outcome]
         if outcome.status != "ok":
             git.reset_hard(parent)
             decision = decision_for_failed_run(outcome.status, self.stop_requested.is_set())
+            base = dataclasses.replace(base, **resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb))
             self.decide(n, decision, outcome.reason, None, commit, base)
             return
         runs = [outcome.val_bpb]
-        rule = self.rules.decision
-        verdict = keep_rule.judge(s.best_bpb, runs, rule.min_improvement, confirmations, rule.noise_sd)
+        incumbent = list(s.runs.get(s.best_commit) or [s.best_bpb])
+        verdict = self.judge(incumbent, runs)
         while verdict.need_more_runs and not self.stop_requested.is_set():
             more = self.run_job(n, commit, len(runs) + 1, proposal.description)
+            outcomes.append(more)
             if more.status != "ok":
                 break
             runs.append(more.val_bpb)
-            verdict = keep_rule.judge(s.best_bpb, runs, rule.min_improvement, confirmations, rule.noise_sd)
-        mean = sum(runs) / len(runs)
-        base = dataclasses.replace(base, runs=runs, improvement=verdict.improvement, best_before=s.best_bpb)
+            verdict = self.judge(incumbent, runs)
+        s.runs = noise.merge(s.runs, commit, runs)
+        mean = statistics.fmean(runs)
+        ev = verdict.evidence
+        base = dataclasses.replace(
+            base, **resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb), runs=runs,
+            improvement=round(ev.improvement, 6), best_before=s.best_bpb, incumbent_runs=list(ev.incumbent_runs),
+            threshold=round(ev.threshold, 6), noise_sd=round(ev.sd, 6), noise_df=ev.df, confidence=ev.confidence,
+            setup=s.setup)
         if verdict.keep:
             s.best_bpb, s.best_commit = mean, commit
             s.keeps += 1
             self.decide(n, Decision.KEEP, verdict.reason, mean, commit, base)
         else:
             git.reset_hard(parent)
-            reason = verdict.reason if not verdict.need_more_runs else "confirmation run failed or was interrupted"
+            reason = verdict.reason
+            if verdict.need_more_runs:
+                last = outcomes[-1]
+                why = f"run {len(outcomes)} failed: {last.reason}" if last.status != "ok" else "a stop came"
+                reason = f"discarded: a confirmation run did not complete ({why}); {verdict.reason}"
             self.decide(n, Decision.DISCARD, reason, mean, commit, base)
+
+    def judge(self, incumbent: list[float], runs: list[float]) -> keep_rule.KeepVerdict:
+        """The keep rule in force (THROTTLE's demand included) with the noise measured so far."""
+        return keep_rule.judge(incumbent, runs, keep_rule_for(self.rules, self.gate.gate), self.noise_estimate())
 
     def contain(self, error: Exception) -> None:
         """An experiment the controller could not carry through: reset the work tree to the best
@@ -551,7 +609,7 @@ class Session:
         run_dir = self.lab.runs_dir / self.state.id / f"{n:04d}-{run_index}"
         job = Job(n, run_index, commit, self.lab.root, run_dir)
         runner = Runner(self.lab.state_dir, self.rules, self.level)
-        deadline = self.rules.experiment_deadline_seconds
+        deadline = training_kill_seconds(self.rules)  # the hard kill, whichever clock stops the run
         self.set_inflight(Inflight(n, description, "training", time.time(), time.time() + deadline))
         self.record(P.TrainingStarted(str(run_dir), run_index, deadline, self.level), experiment=n, commit_sha=commit)
 
@@ -567,6 +625,7 @@ class Session:
         self.record(P.TrainingFinished(
             run_index, t.returncode, t.timed_out, t.memory_killed, round(t.wall_seconds, 3), round(t.peak_rss_mb, 1),
             t.level, t.log_tail[-2000:], outcome.stats, t.stopped, measured, claimed, claim, t.limits,
+            t.clock, None if t.cpu_seconds is None else round(t.cpu_seconds, 3), t.cpu_threads, t.stopped_by,
         ), experiment=n, commit_sha=commit)
         if outcome.evaluation is not None or outcome.eval_result.get("trust") == "reported":
             e = outcome.evaluation
@@ -586,7 +645,7 @@ class Session:
         self._decided_through = max(self._decided_through, n)
         s = self.state
         s.outcomes.append(outcome_of(decision, payload))
-        s.history.append(history_item(None, payload, decision, bpb))
+        s.history.append(history_item(None, payload, decision, bpb, s.id, n))
         self.inflight = None
         self.evaluate_gates()
 

@@ -20,14 +20,32 @@ from ledger import Decision, EventKind
 from ledger.payloads import Decided, Proposed, SessionStarted
 
 
-def history_item(proposed: Proposed | None, decided: Decided, decision: Decision | str, val_bpb: float | None) -> HistoryItem:
+def history_item(proposed: Proposed | None, decided: Decided, decision: Decision | str, val_bpb: float | None,
+                 session: str = "", experiment: int = 0) -> HistoryItem:
     """One decided experiment as a proposer learns from it."""
     p = proposed or Proposed()
     return HistoryItem(
         description=p.description or decided.description, decision=str(decision), val_bpb=val_bpb,
         source=p.source or decided.source, params=decided.params if decided.params is not None else p.params,
         improvement=decided.improvement, reason=decided.reason, rule=decided.refusal_rule,
+        session=session, experiment=experiment, runs=tuple(decided.runs), threshold=decided.threshold,
     )
+
+
+def lab_history(events: Iterable[Any], exclude_session: str | None = None) -> list[HistoryItem]:
+    """Every decided experiment of the lab's other sessions, oldest first, for proposers that
+    learn across sessions."""
+    proposals: dict[tuple[str, int], Proposed] = {}
+    out = []
+    for e in events:
+        if e.session == exclude_session:
+            continue
+        if e.kind == EventKind.PROPOSED:
+            proposals[(e.session, e.experiment)] = Proposed.from_json(e.payload)
+        elif e.kind == EventKind.DECIDED:
+            out.append(history_item(proposals.get((e.session, e.experiment)), Decided.from_json(e.payload),
+                                    e.decision, e.val_bpb, e.session or "", e.experiment or 0))
+    return out
 
 
 def lab_outcomes(events: Iterable[Any]) -> list[Outcome]:
@@ -65,6 +83,7 @@ def replay_session(events: Iterable[Any]) -> Replay:
         elif e.kind == EventKind.DECIDED:
             decided.add(e.experiment)
             # the baseline too: its params are what the first moves are measured from
-            history.append(history_item(proposals.get(e.experiment), Decided.from_json(e.payload), e.decision, e.val_bpb))
+            history.append(history_item(proposals.get(e.experiment), Decided.from_json(e.payload), e.decision, e.val_bpb,
+                                        e.session or "", e.experiment or 0))
     interrupted = [(n, p) for n, p in proposals.items() if n not in decided]
     return Replay(start, session_progress(events), history, interrupted)

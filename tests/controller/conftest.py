@@ -16,11 +16,18 @@ from controller.workspace.preparation import prepare_lab
 TINY_TRAIN = dict(DEPTH="1", MODEL_DIM="32", HEAD_DIM="16", DEVICE_BATCH_SIZE="4", TOTAL_BATCH_SIZE="1024")
 TINY_RULES = {
     "training_seconds = 60": "training_seconds = 7",  # start-up (~4 s) included: ~2 s of training
+    # the wall clock: a tiny run's single-threaded start-up counts half on the cpu clock, which makes
+    # every session test slower; test_cpu_clock covers the cpu clock through the Runner and sandbox
+    'clock = "cpu" ': 'clock = "wall" ',
     "grace_seconds = 5 ": "grace_seconds = 10 ",
     "eval_tokens = 131072": "eval_tokens = 4096",
     "probation_experiments = 3": "probation_experiments = 1",
     "cooldown_seconds = 5": "cooldown_seconds = 0",
     "confirmation_runs = 1      # every candidate": "confirmation_runs = 0      # every candidate",
+    # one baseline run and no confirmations: the noise-aware rule itself is tested in test_keep_rule
+    # and test_noise; sessions that exercise repeats set these back up
+    "baseline_runs = 3 ": "baseline_runs = 1 ",
+    "confirmation_runs = 2      # a promising": "confirmation_runs = 0      # a promising",
 }
 
 

@@ -1,39 +1,143 @@
-"""The keep rule: a candidate must beat the best by the constitution's bar, confirmed if asked."""
+"""The keep rule: screen a first run, confirm, then one one-sided test of all the candidate's runs
+against the incumbent's mean, with the measured noise; its error rates checked by simulation."""
 
 import math
+import random
 
-from controller.policy.keep_rule import judge
+import pytest
 
+from controller.policy import noise
+from controller.policy.keep_rule import KeepRule, judge, required_improvement, t_quantile
 
-def test_clear_improvement_is_kept():
-    v = judge(best=1.80, runs=[1.75], min_improvement=0.01, confirmation_runs=0, noise_sd=0.007)
-    assert v.keep and v.need_more_runs == 0 and math.isclose(v.improvement, 0.05)
-    assert "beats best 1.8000" in v.reason and "7.1 sd" in v.reason
-
-
-def test_improvement_below_the_bar_is_discarded():
-    v = judge(1.80, [1.795], 0.01, 0)
-    assert not v.keep and v.need_more_runs == 0 and "does not beat" in v.reason
+NOISE = noise.NoiseEstimate(sd=0.02, df=10, measured_sd=0.02, measured_df=6, commits=2)
+ONE_RUN = KeepRule(min_improvement=0.01, confidence=0.95, runs=1)
+THREE_RUNS = KeepRule(min_improvement=0.01, confidence=0.95, runs=3)
 
 
-def test_worse_is_discarded_even_with_zero_bar():
-    assert not judge(1.80, [1.81], 0.0, 0).keep
-    assert not judge(1.80, [1.80], 0.0, 0).keep
+@pytest.mark.parametrize("p, df, want", [(0.95, 1, 6.3138), (0.95, 2, 2.9200), (0.975, 10, 2.2281), (0.99, 6, 3.1427),
+                                         (0.95, math.inf, 1.6449)])
+def test_t_quantiles_match_the_tables(p, df, want):
+    assert t_quantile(p, df) == pytest.approx(want, abs=2e-4)
 
 
-def test_confirmation_runs_are_requested_then_the_mean_decides():
-    first = judge(1.80, [1.77], 0.01, 2)
-    assert not first.keep and first.need_more_runs == 2
-    assert judge(1.80, [1.77, 1.78, 1.775], 0.01, 2).keep
-    lucky = judge(1.80, [1.77, 1.80, 1.81], 0.01, 2)
-    assert not lucky.keep and lucky.need_more_runs == 0 and "mean of 3 runs" in lucky.reason
+def test_the_bar_follows_the_noise_and_the_numbers_of_runs():
+    bar = required_improvement(ONE_RUN, NOISE, 3, 1)
+    assert bar == pytest.approx(t_quantile(0.95, 10) * 0.02 * math.sqrt(1 / 3 + 1), rel=1e-9)
+    assert required_improvement(ONE_RUN, NOISE, 3, 3) < bar                 # more runs: a lower bar
+    louder = noise.NoiseEstimate(0.04, 10, 0.04, 6, 2)
+    assert required_improvement(ONE_RUN, louder, 3, 1) == pytest.approx(2 * bar)
+    quiet = noise.NoiseEstimate(1e-5, 10, 1e-5, 6, 2)
+    assert required_improvement(ONE_RUN, quiet, 3, 1) == 0.01               # never below min_improvement
 
 
-def test_a_failing_first_run_is_not_confirmed():
-    v = judge(1.80, [1.85], 0.01, 3)
+def test_clear_improvement_is_kept_and_the_reason_states_the_evidence():
+    v = judge([1.80, 1.81, 1.79], [1.70], ONE_RUN, NOISE)
+    assert v.keep and v.need_more_runs == 0 and v.improvement == pytest.approx(0.10)
+    assert v.evidence.incumbent_runs == (1.80, 1.81, 1.79) and v.evidence.candidate_runs == (1.70,)
+    assert v.evidence.threshold == pytest.approx(required_improvement(ONE_RUN, NOISE, 3, 1))
+    assert v.reason.startswith("kept:")
+    for said in ("1.7000", "1.8000 (3 runs)", "+0.1000", f"required {v.evidence.threshold:.4f}", "95% one-sided",
+                 "noise sd 0.0200 (10 df", "min_improvement 0.01"):
+        assert said in v.reason, said
+
+
+def test_noise_sized_gain_is_discarded():
+    v = judge([1.80, 1.81, 1.79], [1.785], ONE_RUN, NOISE)   # +0.015: above min_improvement, inside the noise
+    assert not v.keep and v.need_more_runs == 0 and v.reason.startswith("discarded:")
+
+
+def test_worse_or_equal_is_discarded_even_with_no_noise():
+    exact = noise.NoiseEstimate(1e-9, 100, None, 0, 0)
+    rule = KeepRule(0.0, 0.95, 1)
+    assert not judge([1.80], [1.81], rule, exact).keep
+    assert judge([1.80], [1.79], rule, exact).keep
+
+
+def test_incumbent_is_its_mean_not_its_luckiest_run():
+    lucky_best = [1.70, 1.80, 1.80]            # mean 1.7667: a candidate at 1.72 beats the mean, not the min
+    v = judge(lucky_best, [1.66], ONE_RUN, NOISE)
+    assert v.improvement == pytest.approx(1.7666667 - 1.66, abs=1e-6) and v.keep
+
+
+def test_promising_first_run_earns_confirmations_and_the_mean_decides():
+    first = judge([1.80, 1.80, 1.80], [1.745], THREE_RUNS, NOISE)
+    assert not first.keep and first.need_more_runs == 1 and first.reason.startswith("promising")
+    assert first.evidence.threshold == pytest.approx(required_improvement(THREE_RUNS, NOISE, 3, 3))  # the final bar
+    assert "after 3 runs" in first.reason
+    second = judge([1.80, 1.80, 1.80], [1.745, 1.75], THREE_RUNS, NOISE)
+    assert not second.keep and second.need_more_runs == 1           # never kept before all its runs
+    assert judge([1.80, 1.80, 1.80], [1.745, 1.75, 1.74], THREE_RUNS, NOISE).keep
+    fell_back = judge([1.80, 1.80, 1.80], [1.745, 1.80, 1.81], THREE_RUNS, NOISE)
+    assert not fell_back.keep and fell_back.need_more_runs == 0 and "the mean of its 3 runs" in fell_back.reason
+
+
+def test_hopeless_first_run_is_not_confirmed():
+    v = judge([1.80, 1.80, 1.80], [1.795], THREE_RUNS, NOISE)
     assert not v.keep and v.need_more_runs == 0
 
 
+def test_more_runs_are_demanded_before_any_keep():
+    throttled = KeepRule(0.01, 0.95, runs=2)
+    v = judge([1.80, 1.80, 1.80], [1.60], throttled, NOISE)
+    assert not v.keep and v.need_more_runs == 1 and "run 2 of 2" in v.reason
+    assert judge([1.80, 1.80, 1.80], [1.60, 1.61], throttled, NOISE).keep
+
+
 def test_non_finite_is_never_kept():
-    assert not judge(1.80, [float("nan")], 0.0, 0).keep
-    assert not judge(1.80, [], 0.0, 0).keep
+    assert not judge([1.80], [float("nan")], ONE_RUN, NOISE).keep
+    assert not judge([1.80], [], ONE_RUN, NOISE).keep
+    assert not judge([], [1.0], ONE_RUN, NOISE).keep
+
+
+# -- error rates, by simulation: runs drawn from known normal distributions, the whole sequence
+#    (baseline repeats -> noise estimate -> first run -> confirmations) as the session plays it
+
+def simulate(effect: float, sd: float, rule: KeepRule, draws: int, seed: int, baseline_runs: int = 3,
+             prior_sd: float | None = None, prior_df: float = 4) -> float:
+    rng = random.Random(seed)
+    prior_sd = sd if prior_sd is None else prior_sd
+    kept = 0
+    for _ in range(draws):
+        incumbent = [2.0 + rng.gauss(0, sd) for _ in range(baseline_runs)]
+        est = noise.estimate([incumbent], prior_sd, prior_df)
+        runs = [2.0 - effect + rng.gauss(0, sd)]
+        verdict = judge(incumbent, runs, rule, est)
+        while verdict.need_more_runs:
+            runs.append(2.0 - effect + rng.gauss(0, sd))
+            est = noise.estimate([incumbent, runs], prior_sd, prior_df)
+            verdict = judge(incumbent, runs, rule, est)
+        kept += verdict.keep
+    return kept / draws
+
+
+@pytest.mark.parametrize("rule", [ONE_RUN, THREE_RUNS], ids=["one-run", "three-runs"])
+@pytest.mark.parametrize("sd", [0.005, 0.02, 0.04])
+def test_false_keep_rate_at_a_null_effect_is_within_the_stated_bound(rule, sd):
+    rate = simulate(effect=0.0, sd=sd, rule=rule, draws=3000, seed=7)
+    assert rate <= 1 - rule.confidence        # 0.05 stated; 3000 draws put the estimate's sd at ~0.004
+
+
+def test_a_prior_that_is_too_low_is_outweighed_by_measured_repeats():
+    # the prior says 0.01 but the runs scatter with 0.04: with 8 baseline repeats the rate stays near the bound
+    optimistic = simulate(0.0, 0.04, THREE_RUNS, 3000, seed=9, baseline_runs=2, prior_sd=0.01)
+    measured = simulate(0.0, 0.04, THREE_RUNS, 3000, seed=9, baseline_runs=8, prior_sd=0.01)
+    assert measured < optimistic and measured <= 0.07
+
+
+def test_false_keep_rate_of_the_old_fixed_bar_was_far_above_it():
+    # what the rule replaces: keep if the first run beats the best by 0.01 (sd 0.02): ~30% of nulls kept
+    rng = random.Random(3)
+    rate = sum((2.0 + rng.gauss(0, 0.02)) - (2.0 + rng.gauss(0, 0.02)) >= 0.01 for _ in range(4000)) / 4000
+    assert rate > 0.25
+
+
+@pytest.mark.parametrize("effect, at_least", [(0.08, 0.85), (0.12, 0.98)])
+def test_true_keep_rate_at_a_real_effect(effect, at_least):
+    # sd 0.02: an effect of 4 sd is kept at least 85% of the time with three looks, 6 sd almost always
+    assert simulate(effect=effect, sd=0.02, rule=THREE_RUNS, draws=1500, seed=11) >= at_least
+
+
+def test_confirmations_buy_power_at_the_same_error_rate():
+    one = simulate(0.05, 0.02, ONE_RUN, 1500, seed=5)
+    three = simulate(0.05, 0.02, THREE_RUNS, 1500, seed=5)
+    assert three > one + 0.05

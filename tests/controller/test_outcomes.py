@@ -5,7 +5,7 @@ from constitution import GateState
 from controller.policy.budgets import Usage
 from controller.policy.gates import Firing
 from controller.policy.outcomes import (
-    FreezeStep, budget_stop, confirmation_runs, decision_for_failed_run, freeze_action, outcome_of,
+    FreezeStep, budget_stop, decision_for_failed_run, freeze_action, keep_rule_for, outcome_of,
 )
 from ledger import Decision
 from ledger.payloads import Decided
@@ -28,10 +28,12 @@ def test_throttle_asks_for_at_least_its_confirmation_runs():
     rules = RULES.model_copy(update={"decision": RULES.decision.model_copy(update={"confirmation_runs": 0})})
     throttle = rules.gates.throttle.confirmation_runs
     assert throttle > 0
-    assert confirmation_runs(rules, GateState.RUN) == 0
-    assert confirmation_runs(rules, GateState.THROTTLE) == throttle
+    assert keep_rule_for(rules, GateState.RUN).runs == 1
+    assert keep_rule_for(rules, GateState.THROTTLE).runs == 1 + throttle
     more = rules.model_copy(update={"decision": rules.decision.model_copy(update={"confirmation_runs": throttle + 2})})
-    assert confirmation_runs(more, GateState.THROTTLE) == throttle + 2  # never fewer than the keep rule asks
+    assert keep_rule_for(more, GateState.THROTTLE).runs == throttle + 3  # never fewer than the keep rule asks
+    rule = keep_rule_for(RULES, GateState.RUN)
+    assert (rule.min_improvement, rule.confidence) == (RULES.decision.min_improvement, RULES.decision.confidence)
 
 
 def test_freeze_waits_for_an_operator_hold_repairs_then_gives_up():

@@ -1,0 +1,204 @@
+"""The cpu clock: a training budget counted in CPU seconds of the sandboxed tree per CPU it may use.
+
+Real sandboxes run small CPU burners; every assertion is on CPU seconds received (the controller's
+count, checked against the run's own `time.process_time()`), never on wall time. Budgets are a
+second or two, so the whole file burns well under a minute of one core.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from constitution import default_text, parse_text
+from controller.execution import runner as runner_mod
+from controller.execution import sandbox
+from controller.execution.runner import CPU_WALL_FACTOR, Runner, over_budget, training_kill_seconds, training_wall_cap
+from controller.execution.sandbox import SandboxResult, run
+from lab_helpers import with_constants
+from test_sandbox import LEVELS, lab, make_spec, needs_bwrap  # noqa: F401  (lab is a fixture)
+
+# Burns one thread until SIGTERM, then reports its own CPU time and exits cleanly. It also shows
+# what it was told and the CPUs it may run on.
+BURNER = """
+import os, signal, sys, time
+def stop(*_):
+    print(f"own cpu {time.process_time():.3f}", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("cpus", sorted(os.sched_getaffinity(0)), "budget", os.environ.get("CPU_BUDGET"),
+      "threads", os.environ.get("CPU_THREADS"), flush=True)
+while True:
+    pass
+"""
+
+
+def cpu_spec(lab, code=BURNER, *args, budget=1.5, **kw):
+    defaults = dict(stop_after_s=60.0, stop_after_cpu_s=budget, cpu_threads=1, cpu_env="CPU_BUDGET",
+                    threads_env="CPU_THREADS", stop_grace_s=5.0, timeout_s=90)
+    return make_spec(lab, code, *args, **(defaults | kw))
+
+
+def own_cpu(result: SandboxResult) -> float:
+    """What the run measured of itself when the stop came (its process only, not bwrap's)."""
+    line = [ln for ln in result.log_tail.splitlines() if ln.startswith("own cpu ")]
+    assert line, result.log_tail
+    return float(line[-1].split()[-1])
+
+
+def assert_stopped_on_cpu(result: SandboxResult, budget: float) -> None:
+    assert result.clock == "cpu" and result.stopped and result.stopped_by == "cpu", result
+    assert result.returncode == 0 and not result.timed_out, result.log_tail
+    # the controller's count, and the run's own: both about the budget, whatever the wall time was
+    assert budget <= result.cpu_seconds <= budget + 0.5, result.cpu_seconds
+    assert budget - 0.3 <= own_cpu(result) <= budget + 0.3, result.log_tail
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_run_is_stopped_after_its_cpu_seconds(lab, level):
+    result = run(cpu_spec(lab, budget=1.5), level)
+    assert_stopped_on_cpu(result, 1.5)
+    assert result.limits == sandbox.limits_mechanism() and result.cpu_threads == 1
+    # told its CPU budget with the lead over the signal, and how many CPUs it has
+    assert f"budget {1.5 + sandbox.STOP_LEAD_S:.3f} threads 1" in result.log_tail
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_poll_fallback_also_stops_on_cpu(lab, level, monkeypatch):
+    monkeypatch.setattr(sandbox, "CGROUPS", False)
+    result = run(cpu_spec(lab, budget=1.5), level)
+    assert result.limits == "poll"
+    assert_stopped_on_cpu(result, 1.5)
+
+
+@pytest.fixture
+def load_on_first_cpu():
+    """Two processes outside the sandbox burning the CPU a cpu_threads=1 run gets (the first one
+    we may use), each in its own session (its own autogroup, like unrelated work)."""
+    cpu = sandbox.run_cpus(1)[0]
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu})) for _ in range(2)]
+    try:
+        yield cpu
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+@needs_bwrap
+def test_under_load_the_cpu_clock_still_gives_the_full_budget_and_the_wall_clock_does_not(lab, load_on_first_cpu):
+    cpu, budget = load_on_first_cpu, 2.0
+    on_cpu = run(cpu_spec(lab, budget=budget), "bubblewrap")
+    on_wall = run(cpu_spec(lab, stop_after_s=budget, stop_after_cpu_s=None, cpu_env=None), "bubblewrap")
+    for r in (on_cpu, on_wall):                     # both ran on the loaded CPU only
+        assert f"cpus [{cpu}]" in r.log_tail, r.log_tail
+    assert on_cpu.stopped_by == "cpu" and own_cpu(on_cpu) >= 0.9 * budget
+    assert on_wall.clock == "wall" and on_wall.stopped_by == "wall"
+    # the same budget on the wall clock bought about a third of the CPU: the load took the rest
+    assert own_cpu(on_wall) < 0.7 * budget and on_wall.cpu_seconds < 0.7 * budget, on_wall
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_wall_cap_stops_a_run_that_gets_no_cpu(lab, level):
+    code = BURNER.replace("while True:\n    pass", "while True:\n    time.sleep(0.05)")
+    result = run(cpu_spec(lab, code, budget=5.0, stop_after_s=1.0), level)
+    assert result.clock == "cpu" and result.stopped and result.stopped_by == "wall"
+    assert result.returncode == 0 and result.cpu_seconds < 1.0
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_kill_comes_the_grace_after_a_cpu_stop_not_at_the_timeout(lab, level):
+    code = BURNER.replace("signal.signal(signal.SIGTERM, stop)", "signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    result = run(cpu_spec(lab, code, budget=1.0, stop_grace_s=0.5, timeout_s=30), level)
+    assert result.stopped_by == "cpu" and result.timed_out and result.returncode is None
+    # it kept burning through the grace only: the timeout would have let it burn ~29 s more
+    assert 1.0 <= result.cpu_seconds < 3.0
+
+
+AFFINITY = "import os; print('affinity', len(os.sched_getaffinity(0)), os.environ.get('CPU_THREADS'))"
+
+
+@needs_bwrap
+@pytest.mark.parametrize("threads", [1, 0])
+def test_the_run_may_use_only_its_cpus(lab, threads):
+    result = run(cpu_spec(lab, AFFINITY, cpu_threads=threads), "bubblewrap")
+    n = 1 if threads else len(os.sched_getaffinity(0))
+    assert result.returncode == 0 and f"affinity {n} {n}" in result.log_tail, result.log_tail
+    assert result.cpu_threads == n
+
+
+WIDENER = """
+import hashlib, os, signal, sys, threading, time
+signal.signal(signal.SIGTERM, lambda *_: (print(f"own cpu {time.process_time():.3f}", flush=True), os._exit(0)))
+os.sched_setaffinity(0, range(os.cpu_count()))     # needs no privilege
+def burn():                                        # hashing a large buffer releases the GIL
+    data = b"x" * (1 << 20)
+    while True:
+        hashlib.sha256(data).digest()
+for _ in range(2):
+    threading.Thread(target=burn, daemon=True).start()
+while True:
+    time.sleep(0.01)
+"""
+
+
+@needs_bwrap
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_run_that_widens_its_affinity_is_charged_for_all_its_cpu(lab):
+    result = run(cpu_spec(lab, WIDENER, budget=1.0), "bubblewrap")
+    # charged for every CPU second of both threads: it only spent its one-CPU budget sooner
+    assert result.stopped_by == "cpu" and 1.0 <= result.cpu_seconds <= 1.6
+    assert own_cpu(result) <= result.cpu_seconds + 0.05
+
+
+# ---------------------------------------------------------------------------
+# the runner: what it asks the sandbox for under each clock
+
+def rules_with(**values):
+    """The default constitution with these keys (each set once in it) given these TOML values."""
+    return parse_text(with_constants(default_text(), **values))
+
+
+def spec_for(rules, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    seen = []
+    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None: seen.append(spec))
+    data = {"train_dir": str(tmp_path / "d" / "train"), "tokenizer_dir": str(tmp_path / "tok"),
+            "val_dir": str(tmp_path / "d" / "val")}
+    Runner(tmp_path / "state", rules, "none").train(tmp_path, tmp_path / "run", data)
+    return seen[0]
+
+
+def test_the_runner_asks_for_the_cpu_clock_by_default(tmp_path, monkeypatch):
+    rules = rules_with(cpu_threads="1")
+    b = rules.budgets.experiment
+    assert b.clock == "cpu"
+    spec = spec_for(rules, tmp_path, monkeypatch)
+    assert spec.stop_after_cpu_s == b.training_seconds and spec.cpu_threads == 1
+    assert spec.stop_after_s == CPU_WALL_FACTOR * b.training_seconds == training_wall_cap(rules)
+    assert spec.timeout_s == training_wall_cap(rules) + b.grace_seconds == training_kill_seconds(rules)
+    assert spec.stop_grace_s == b.grace_seconds
+    assert (spec.stop_env, spec.cpu_env, spec.threads_env) == ("CHARTER_DEADLINE", "CHARTER_CPU_BUDGET", "CHARTER_CPU_THREADS")
+    assert spec.env["OMP_WAIT_POLICY"] == "PASSIVE"  # spinning threads would be charged for waiting
+
+
+def test_the_runner_on_the_wall_clock_is_as_before(tmp_path, monkeypatch):
+    rules = rules_with(clock='"wall"')
+    spec = spec_for(rules, tmp_path, monkeypatch)
+    assert spec.stop_after_cpu_s is None and spec.cpu_env is None and spec.threads_env is None
+    assert "OMP_WAIT_POLICY" not in spec.env
+    assert spec.stop_after_s == rules.budgets.experiment.training_seconds
+    assert spec.timeout_s == rules.experiment_deadline_seconds == training_kill_seconds(rules)
+
+
+def test_over_budget_names_the_clock_that_stopped_the_run():
+    def result(**kw):
+        base = dict(returncode=-15, timed_out=False, memory_killed=False, wall_seconds=60.0, peak_rss_mb=1.0,
+                    level="none", log_tail="", stopped=True, clock="cpu")
+        return SandboxResult(**(base | kw))
+
+    assert over_budget(result(stopped_by="cpu"), 60, 5).startswith("over budget: stopped at 60 CPU s per CPU")
+    assert "the wall cap of 180 s" in over_budget(result(stopped_by="wall", returncode=None, timed_out=True), 60, 5)
+    assert over_budget(result(returncode=0, stopped_by="cpu"), 60, 5) is None
