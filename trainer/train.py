@@ -168,7 +168,7 @@ WARMUP_RATIO = 0.0         # share of the time budget spent ramping the learning
 WARMDOWN_RATIO = 0.1       # share of the time budget spent decaying the learning rate to FINAL_LR_FRAC
 FINAL_LR_FRAC = 0.0        # learning rate at the end, as a fraction of the peak
 SOFTCAP = 15.0             # logits are squashed to (-SOFTCAP, SOFTCAP)
-SEED = 42                  # torch and data-order seed
+SEED = 42                  # torch and data-order seed (the controller offsets it for repeated runs)
 
 # ---------------------------------------------------------------------------
 # Training
@@ -210,7 +210,10 @@ def main():
     from prepare import PROFILE, MAX_SEQ_LEN, TIME_BUDGET, load_tokenizer, make_dataloader
 
     t_start = time.time()
-    torch.manual_seed(SEED)
+    # the controller runs a commit's repeats with other seeds (offset 1, 2, ...), so that what the
+    # repeats measure includes seed-to-seed noise; by hand the offset is 0
+    seed = SEED + int(os.environ.get("CHARTER_SEED_OFFSET") or 0)
+    torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # bf16 only on CUDA and CPUs with AMX/AVX512-BF16 (field notes: 2.2x with compile), elsewhere
     # it is emulated. torch.compile pays only where its cost is shared: every run gets a cold,
@@ -237,7 +240,7 @@ def main():
     train_model = torch.compile(model) if use_compile else model
     tokens_per_micro = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     grad_accum = max(1, TOTAL_BATCH_SIZE // tokens_per_micro)
-    loader = make_dataloader(DEVICE_BATCH_SIZE, MAX_SEQ_LEN, device=device, seed=SEED)
+    loader = make_dataloader(DEVICE_BATCH_SIZE, MAX_SEQ_LEN, device=device, seed=seed)
     x, y = next(loader)
     print(f"profile: {PROFILE}, device: {device}, compile: {use_compile}, bf16: {use_bf16}, "
           f"params: {num_params / 1e6:.2f}M, grad_accum: {grad_accum}", flush=True)
@@ -292,7 +295,7 @@ def main():
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stats = dict(steps=step, tokens=tokens, training_seconds=round(training_time, 3),
                  startup_seconds=round(t_train - t_start, 3), total_seconds=round(time.time() - t_start, 3),
-                 stopped_by_signal=stop["requested"],
+                 stopped_by_signal=stop["requested"], seed=seed,
                  tokens_per_second=round(timed_steps * tokens_per_micro * grad_accum / max(training_time, 1e-9), 1),
                  peak_memory_mb=round(peak_mb, 1), num_params=num_params,
                  train_loss=None if smooth_loss is None else round(smooth_loss, 4),

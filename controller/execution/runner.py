@@ -208,14 +208,19 @@ class Runner:
         # The run dir inside .charter/ is bound back by the sandbox.
         return [Path(data["val_dir"]), self.state_dir]
 
-    def train(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> SandboxResult:
+    def train(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None,
+              seed_offset: int = 0) -> SandboxResult:
         """Training sees the lab, the train shards, the manifest and the tokenizer read-only and
         writes only its run dir, compile caches included (nothing one run writes reaches the
         next). The controller owns the clock: SIGTERM at training_seconds after the sandbox
         starts ($CHARTER_DEADLINE, set by the sandbox from the clock it stops by, tells the run
         when), the kill grace_seconds later. On the cpu clock those are CPU seconds of the run's
         tree per CPU it may use ($CHARTER_CPU_BUDGET and $CHARTER_CPU_THREADS tell the run; its
-        affinity is those CPUs), and $CHARTER_DEADLINE is the wall cap."""
+        affinity is those CPUs), and $CHARTER_DEADLINE is the wall cap. $CHARTER_SEED_OFFSET is
+        the run's index among the runs of its commit (0 for the first): repeats draw other seeds,
+        so the noise they measure includes seed-to-seed variation, which any change that moves
+        the random stream (a new shape, another batch size) carries too; run k of every commit
+        shares its seed, so comparisons stay paired."""
         b = self.rules.budgets.experiment
         cpu = b.clock == "cpu"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +230,7 @@ class Runner:
             "HOME": str(run_dir),
             "TORCHINDUCTOR_CACHE_DIR": str(cache),
             "TRITON_CACHE_DIR": str(cache / "triton"),
+            "CHARTER_SEED_OFFSET": str(seed_offset),
         }
         if cpu:
             # OpenMP threads (torch's) that wait sleep rather than spin: a spinning thread is charged
@@ -317,7 +323,7 @@ class Runner:
 
     def run(self, job: Job, data: dict, on_start: Callable[[int], None] | None = None) -> RunOutcome:
         """Train and evaluate one job, then read its stats and run the post-checks."""
-        outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start)
+        outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start, max(0, job.run_index - 1))
         problems = tuple(integrity_problems(job.work_dir, self.rules))
         outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems,
                           evaluated=(outcome.status, outcome.reason, outcome.val_bpb))
@@ -326,8 +332,9 @@ class Runner:
                            integrity_failure=True)
         return outcome
 
-    def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None) -> RunOutcome:
-        t = self.train(work_dir, run_dir, data, on_start)
+    def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None,
+                            seed_offset: int = 0) -> RunOutcome:
+        t = self.train(work_dir, run_dir, data, on_start, seed_offset)
         b = self.rules.budgets.experiment
         if t.memory_killed:
             return RunOutcome("crash", f"training exceeded {b.memory_hard_mb} MB and was killed", None, t, None, {})

@@ -14,7 +14,7 @@ import pytest
 from constitution import default_text, parse_text
 from controller.execution import runner as runner_mod
 from controller.execution import sandbox
-from controller.execution.runner import CPU_WALL_FACTOR, Runner, over_budget, training_kill_seconds, training_wall_cap
+from controller.execution.runner import CPU_WALL_FACTOR, Job, Runner, over_budget, training_kill_seconds, training_wall_cap
 from controller.execution.sandbox import SandboxResult, run
 from lab_helpers import with_constants
 from test_sandbox import LEVELS, lab, make_spec, needs_bwrap  # noqa: F401  (lab is a fixture)
@@ -202,3 +202,18 @@ def test_over_budget_names_the_clock_that_stopped_the_run():
     assert over_budget(result(stopped_by="cpu"), 60, 5).startswith("over budget: stopped at 60 CPU s per CPU")
     assert "the wall cap of 180 s" in over_budget(result(stopped_by="wall", returncode=None, timed_out=True), 60, 5)
     assert over_budget(result(returncode=0, stopped_by="cpu"), 60, 5) is None
+
+
+def test_repeated_runs_of_a_commit_are_told_other_seeds(tmp_path, monkeypatch):
+    rules = rules_with(clock='"wall"')
+    seen = []
+    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None: seen.append(spec))
+    data = {"train_dir": str(tmp_path / "d" / "train"), "tokenizer_dir": str(tmp_path / "tok"),
+            "val_dir": str(tmp_path / "d" / "val")}
+    runner = Runner(tmp_path / "state", rules, "none")
+    for offset in (0, 2):
+        runner.train(tmp_path, tmp_path / f"run{offset}", data, seed_offset=offset)
+    assert [s.env["CHARTER_SEED_OFFSET"] for s in seen] == ["0", "2"]
+    monkeypatch.setattr(Runner, "train", lambda self, *a, **kw: (_ for _ in ()).throw(RuntimeError(a[-1])))
+    with pytest.raises(RuntimeError, match="^2$"):      # run 3 of a commit: offset 2
+        runner.run(Job(1, 3, "c0ffee", tmp_path, tmp_path / "run3"), data)
