@@ -88,6 +88,8 @@ NULLS: dict[str, Callable[[str], str]] = {
     "a reworded print": _sub(r'print\(f"profile: \{PROFILE\}', 'print(f"profile = {PROFILE}'),
     "imports reordered": _sub(r"^import json\nimport math\n", "import math\nimport json\n"),
     "os.getcwd() called": _sub(r"^(    run_dir = os.environ.get.*)$", r"\1\n    _here = os.getcwd()"),
+    # moves the random stream (another initialization), so it is only as null as seed noise is
+    "a random draw before init": _sub(r"^(    torch.manual_seed\(seed\))$", r"\1\n    _ = torch.rand(1)"),
 }
 
 # Changes that may help at 60 s on this CPU: premeasure decides which do.
@@ -140,12 +142,14 @@ def make_lab(root: Path, seconds: float, wall_hours: float | None = None) -> Lab
     return lab
 
 
-def run_commit(lab: Lab, commit: str, tag: str) -> dict:
-    """One train + evaluate of a commit through the real Runner, the lab's rules."""
+def run_commit(lab: Lab, commit: str, tag: str, seed_offset: int) -> dict:
+    """One train + evaluate of a commit through the real Runner, the lab's rules; repeat k of a
+    commit draws seed offset k, as the session's repeats do."""
     git(lab, "checkout", "-q", "--detach", commit)
     rules = lab.load_constitution()
     out = Runner(lab.state_dir, rules, sandbox.detect_level()[0]).run(
-        Job(0, 1, commit, lab.root, lab.runs_dir / "bench" / f"{tag}-{time.time_ns()}"), verify_data(lab.root, rules))
+        Job(0, 1, commit, lab.root, lab.runs_dir / "bench" / f"{tag}-{time.time_ns()}", seed_offset=seed_offset),
+        verify_data(lab.root, rules))
     return {"status": out.status, "val_bpb": out.val_bpb, "steps": out.stats.get("steps"),
             "wall_s": out.train.wall_seconds + (out.evaluation.wall_seconds if out.evaluation else 0.0)}
 
@@ -206,7 +210,7 @@ def premeasure(work: Path, args) -> dict:
     runs: dict[str, list[float]] = {k: [] for k in commits}
     for r in range(args.repeats):
         for label, commit in commits.items():  # interleaved: a slow minute hits every variant alike
-            out = run_commit(lab, commit, f"pre{r}")
+            out = run_commit(lab, commit, f"pre{r}", seed_offset=r)
             print(f"  round {r + 1} {label}: {out}", flush=True)
             if out["status"] == "ok":
                 runs[label].append(out["val_bpb"])
@@ -283,7 +287,8 @@ def survival(work: Path, args) -> dict:
     for rep in range(args.repeats):
         for parent, child, _ in pairs:
             for commit in (parent, child):
-                out = run_commit(lab, commit, f"surv{rep}")
+                # offsets past the session's own runs of these commits: fresh seeds, paired per repeat
+                out = run_commit(lab, commit, f"surv{rep}", seed_offset=100 + rep)
                 if out["status"] == "ok":
                     measured.setdefault(commit, []).append(out["val_bpb"])
     result = {"experiments": len(rows), "kept": len(kept), "pairs": []}

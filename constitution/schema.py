@@ -172,8 +172,8 @@ class Budgets(Strict):
 class DecisionRule(Strict):
     min_improvement: float = Field(ge=0)  # the smallest gain worth keeping, whatever the noise
     confirmation_runs: int = Field(ge=0, le=10)  # extra runs a promising candidate earns before the decision
-    noise_sd: float = Field(gt=0)  # the prior on run-to-run sd; measured repeats outweigh it
-    noise_prior_df: float = Field(default=4.0, ge=0, le=1000)  # how many degrees of freedom that prior is worth
+    noise_sd: float = Field(gt=0)  # the floor and prior of the run-to-run sd; measured repeats can only raise it
+    noise_prior_df: float = Field(default=4.0, gt=0, le=1000)  # how many degrees of freedom that prior is worth
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # one-sided: P(keep | no real gain) <= 1 - confidence
     baseline_runs: int = Field(default=3, ge=1, le=10)  # runs of the baseline at session start (measures the noise)
 
@@ -287,8 +287,16 @@ class Constitution(Strict):
                     raise ValueError(f"editable path {e!r} overlaps immutable path {i!r}")
         return self
 
+    @model_validator(mode="after")
+    def _clock(self) -> "Constitution":
+        # CPU seconds don't count what a GPU does: a run that waits on the device would train to the wall cap
+        if self.evaluation.profile == "gpu" and self.budgets.experiment.clock == "cpu":
+            raise ValueError('the gpu profile needs budgets.experiment.clock = "wall" (the cpu clock does not count device time)')
+        return self
+
     @property
     def experiment_deadline_seconds(self) -> float:
-        """Wall seconds after which the controller kills a training run."""
+        """Wall seconds after which the controller kills a training run on the wall clock (on the
+        cpu clock: `controller.execution.runner.training_kill_seconds`)."""
         b = self.budgets.experiment
         return b.training_seconds + b.grace_seconds

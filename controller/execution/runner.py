@@ -89,6 +89,7 @@ class Job:
     work_dir: Path  # the lab's work tree (or, later, a worktree of it) at `commit`
     run_dir: Path
     device: str = "cpu"
+    seed_offset: int = 0  # how many runs of this commit the lab has scored before: repeats draw other seeds
 
 
 @dataclass(frozen=True)
@@ -217,10 +218,10 @@ class Runner:
         when), the kill grace_seconds later. On the cpu clock those are CPU seconds of the run's
         tree per CPU it may use ($CHARTER_CPU_BUDGET and $CHARTER_CPU_THREADS tell the run; its
         affinity is those CPUs), and $CHARTER_DEADLINE is the wall cap. $CHARTER_SEED_OFFSET is
-        the run's index among the runs of its commit (0 for the first): repeats draw other seeds,
-        so the noise they measure includes seed-to-seed variation, which any change that moves
-        the random stream (a new shape, another batch size) carries too; run k of every commit
-        shares its seed, so comparisons stay paired."""
+        how many runs of its commit the lab scored before (0 for the first): repeats, in this
+        session or a later one, draw other seeds, so the noise they measure includes seed-to-seed
+        variation, which any change that moves the random stream (a new shape, another batch
+        size) carries too; a candidate's k-th run shares its seed with the baseline's k-th."""
         b = self.rules.budgets.experiment
         cpu = b.clock == "cpu"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +324,7 @@ class Runner:
 
     def run(self, job: Job, data: dict, on_start: Callable[[int], None] | None = None) -> RunOutcome:
         """Train and evaluate one job, then read its stats and run the post-checks."""
-        outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start, max(0, job.run_index - 1))
+        outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start, job.seed_offset)
         problems = tuple(integrity_problems(job.work_dir, self.rules))
         outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems,
                           evaluated=(outcome.status, outcome.reason, outcome.val_bpb))

@@ -679,47 +679,92 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of utime and stime in /proc/PID/s
 
 
 def _cpu_ticks(pid: int, start: int) -> int | None:
-    """utime + stime of pid (all its threads, exited ones included) if it is still the process
-    that started at `start`; a zombie still shows what it used."""
+    """utime + stime + cutime + cstime of pid (/proc/PID/stat fields 14-17) if it is still the
+    process that started at `start`: what it used itself (all its threads, exited ones included;
+    a zombie still shows it) and what its reaped children used (each child's own and its reaped
+    children's, all the way down)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+            fields = f.read().rsplit(b")", 1)[1].split()   # fields[0] is field 3, the state
         if int(fields[19]) != start:
             return None
-        return int(fields[11]) + int(fields[12])
+        return int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     except (OSError, IndexError, ValueError):
         return None
 
 
 class _CpuMeter:
-    """CPU seconds (user + system) a run's tree has used so far: its cgroup's counter where it has
-    one, else the sum over the polled tree of each process's utime + stime, the most seen per
-    process, so one that exits keeps what it used and the sum never goes back.
+    """CPU seconds (user + system) a run's tree has used so far: the most of its cgroup's counter
+    (where it has one) and a poll of /proc; the count never goes back.
 
-    The poll's limits: a process that lives less than a poll is never counted, and one that exits
-    loses what it used since it was last read (up to POLL_S of CPU, less near the end of a CPU
-    budget, when the tree is read more often); threads count in their process, exited ones too,
-    and a process's reaped children are not added twice. So the poll can only undercount, by a
-    poll per process that exits: a run that forks many short-lived workers gets more than its
-    budget. The cgroup has no such gap (every task charged, to the nanosecond)."""
+    The poll sums, over the live processes of the tree, each one's utime + stime + cutime + cstime.
+    A process that exits and is reaped inside the tree moves what it used (and what its own reaped
+    children used) into its parent's cutime/cstime, so nothing is lost between polls: a process
+    that lived less than a poll, or what one used since it was last read, is in its parent's count
+    once reaped. Nothing is counted twice either: a live (or zombie) child counts in its own
+    fields, a reaped one in its parent's only, and parents are read before their children (the
+    tree is in that order), so a child reaped between the two reads is missed for that reading,
+    not doubled. The main process is reaped by us: wait4 hands over its total (run() passes it
+    to `reaped`). The remaining limits: a process reparented out of the tree leaves the count
+    (at level "none" a double fork's grandchild goes to init, and what it used is lost; under
+    bubblewrap the pid namespace's init is bwrap's own process, in the tree, so orphans stay
+    counted), a process the last poll of the tree did not see yet is counted from the next poll
+    or its reaping on (up to POLL_S of its CPU late), children a parent leaves to the kernel to
+    reap (SIGCHLD ignored, SA_NOCLDWAIT) never reach its cutime, so those that live less than a
+    poll are missed, and /proc's clock ticks round each process down. The cgroup has none of these
+    gaps (every task charged, to the nanosecond).
+
+    A failed read of the cgroup's counter does not freeze the count: that reading goes on from the
+    last good one by what the poll has seen since (and is never less than the poll)."""
 
     def __init__(self, group: _Cgroup | None):
         self.group = group if group is not None and group.has_cpu else None
-        self.most: dict[tuple[int, int], int] = {}   # (pid, start time) -> most ticks seen
+        self.root: tuple[int, float] | None = None   # the reaped main process: (pid, its CPU seconds)
+        self.anchor = (0.0, 0.0)                     # (the cgroup's count, the poll's) at the last good read
         self.seconds = 0.0
 
-    def read(self, tree: dict[int, int]) -> float:
-        if self.group:
-            seconds = self.group.cpu_seconds()
-            if seconds is not None:                  # a failed read keeps the last value
-                self.seconds = max(self.seconds, seconds)
-            return self.seconds
+    def reaped(self, pid: int, seconds: float) -> None:
+        """The main process is gone: its CPU with its reaped descendants', from wait4."""
+        self.root = (pid, seconds)
+
+    def poll(self, tree: dict[int, int]) -> float:
+        ticks = 0
         for pid, start in tree.items():
-            ticks = _cpu_ticks(pid, start)
-            if ticks is not None and ticks > self.most.get((pid, start), -1):
-                self.most[(pid, start)] = ticks
-        self.seconds = sum(self.most.values()) / CLK_TCK
+            if self.root is not None and pid == self.root[0]:
+                continue
+            counted = _cpu_ticks(pid, start)
+            if counted is not None:
+                ticks += counted
+        return ticks / CLK_TCK + (self.root[1] if self.root is not None else 0.0)
+
+    def read(self, tree: dict[int, int]) -> float:
+        polled = self.poll(tree)
+        now = polled
+        if self.group:
+            counted = self.group.cpu_seconds()
+            if counted is not None:
+                self.anchor = (counted, polled)
+                now = max(counted, polled)
+            else:                                    # not frozen: on by the poll's progress
+                now = max(polled, self.anchor[0] + polled - self.anchor[1])
+        self.seconds = max(self.seconds, now)
         return self.seconds
+
+
+def _reap(proc: subprocess.Popen, meter: _CpuMeter, block: bool = False) -> bool:
+    """Whether the main process has exited. We reap it ourselves, with wait4, so the meter gets
+    the CPU it and its reaped descendants used, which /proc no longer shows once it is gone."""
+    if proc.returncode is not None:
+        return True
+    try:
+        pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:                        # reaped elsewhere: no usage to be had
+        return (proc.wait() if block else proc.poll()) is not None
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    meter.reaped(pid, usage.ru_utime + usage.ru_stime)
+    return True
 
 
 def run_cpus(threads: int) -> list[int]:
@@ -989,7 +1034,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                     log.write(chunk)
                 else:
                     eof = True
-            if proc.poll() is not None:
+            if _reap(proc, meter):
                 exited = time.monotonic()
                 break
             now = time.monotonic()
@@ -1016,9 +1061,9 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 over_memory = group.oom_kills() > 0  # the kernel killed one of them at the limit
                 over_tasks = group.pids_refused() > 0
             else:
-                used = _polled_bytes(tree)
-                peak = max(peak, used)
-                over_memory, over_tasks = used > spec.memory_mb << 20, False
+                polled = _polled_bytes(tree)
+                peak = max(peak, polled)
+                over_memory, over_tasks = polled > spec.memory_mb << 20, False
             if now >= deadline:
                 reason = "timeout"
             elif over_memory:
@@ -1031,7 +1076,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
         meter.read(known)           # the poll's last look at what is still there
         # whatever happened, nothing we started outlives this call
         _kill(proc.pid, known, group)
-        proc.wait()
+        _reap(proc, meter, block=True)
         if pidfd is not None:
             os.close(pidfd)
         end = time.monotonic() + DRAIN_S
@@ -1041,7 +1086,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 eof = not chunk
                 log.write(chunk)
         proc.stdout.close()
-        cpu_seconds = meter.read({})  # the cgroup's: everything charged, to the kill
+        cpu_seconds = meter.read(known)  # everything charged, to the kill: the cgroup's, the main process's
         if group:
             # a limit the kernel enforced ends the run as surely as our kill: an OOM-killed
             # worker process or a refused fork is reported even when the main process then exited

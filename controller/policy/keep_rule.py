@@ -6,8 +6,9 @@ lower val_bpb is better) must clear a one-sided t-test at `confidence`, with the
 (`controller.policy.noise`) and the numbers of runs on both sides, and never less than
 `min_improvement`. Screen, then confirm: a first run whose improvement, if it held, would clear
 the bar after all the candidate's runs is promising and earns its confirmation runs; anything
-less is discarded at once, so runs are spent only where they can pay. The test is made once,
-on all the runs, so P(keep | no real gain) <= 1 - confidence (the screen only ever discards).
+less is discarded at once (after the first run or any later one), so runs are spent only where
+they can pay. A keep is decided only on all the runs, by that one test, so P(keep | no real
+gain) <= 1 - confidence (the earlier looks only ever discard).
 THROTTLE asks for more runs.
 """
 
@@ -39,7 +40,7 @@ class Evidence:
     threshold: float  # the improvement these runs had to show
     sd: float
     df: float
-    confidence: float  # overall, before the split across looks
+    confidence: float  # of the one-sided test
 
 
 @dataclass(frozen=True)

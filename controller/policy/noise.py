@@ -5,8 +5,11 @@ training budget and its clock) is a sample of the noise: its runs differ only by
 machine did to them. Their variances pool across commits and sessions (the ledger keeps every
 run), weighted by degrees of freedom. The constitution's `decision.noise_sd` is a prior worth
 `noise_prior_df` degrees of freedom (a scaled-inverse-chi-square prior), so a lab with few
-repeats leans on it and a lab with many repeats trusts its own measurements. Pure: events or
-numbers in, an estimate out.
+repeats leans on it and a lab with many repeats trusts its own measurements; and it is a floor:
+measurements can raise the estimate, never lower it below `noise_sd`, because the repeats are
+runs of agent-written code, and a train.py that ignores its seed offset makes its own repeats
+identical (which would shrink the bar for every later decision). A lab whose noise is truly
+lower (a GPU) lowers `noise_sd` by amendment. Pure: events or numbers in, an estimate out.
 """
 
 from __future__ import annotations
@@ -53,12 +56,13 @@ def pooled(groups: Iterable[Sequence[float]]) -> tuple[float | None, int, int]:
 
 
 def estimate(groups: Iterable[Sequence[float]], prior_sd: float, prior_df: float) -> NoiseEstimate:
-    """The prior and the measured repeats pooled: s^2 = (v0 s0^2 + sum (n_i - 1) s_i^2) / (v0 + df)."""
+    """The prior and the measured repeats pooled, s^2 = (v0 s0^2 + sum (n_i - 1) s_i^2) / (v0 + df),
+    never below the prior's sd."""
     sd, df, used = pooled(groups)
     ss = prior_df * prior_sd ** 2 + (sd ** 2 * df if sd is not None else 0.0)
     total = prior_df + df
     combined = math.sqrt(ss / total) if total > 0 else prior_sd
-    return NoiseEstimate(combined, total, sd, df, used)
+    return NoiseEstimate(max(prior_sd, combined), total, sd, df, used)
 
 
 def measurement_setup(rules: Any) -> str:

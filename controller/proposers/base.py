@@ -54,6 +54,7 @@ class HistoryItem:
     experiment: int = 0
     runs: tuple[float, ...] = ()  # every scored run of it (confirmations included)
     threshold: float | None = None  # the improvement it had to reach to be kept
+    noise_sd: float | None = None  # the run-to-run sd the keep rule assumed for it
 
 
 @dataclass(frozen=True)

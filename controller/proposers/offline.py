@@ -11,13 +11,16 @@ mean improvement their moves bought, scaled by a prior on the knobs known to mat
 a bonus for untried ones; (2) skips inert knobs, found two ways: in the source, a constant the
 code never reads, or reads only under `if`s (and `x if c else y`, `and`/`or`) that are false for
 the current values (`MATRIX_LR` under `if OPTIMIZER == "muon":` while `OPTIMIZER = "adamw"`;
-`dead_constants`), and in the results, a knob moved `INERT_AFTER` times whose moves never came
-within half of the bar and whose mean |effect| stayed at noise level (`OfflineProposer.inert`
-says which and why); (3) proposes first what near-misses suggest: two knobs whose single moves
-each came close are combined into one move, and a near-miss is re-tried once alone on a new
-incumbent; only then a seeded random draw. A configuration tried in any session is never
+`dead_constants`), and in the results, a knob moved `INERT_AFTER` times from its current value
+whose moves never cleared their bar and whose mean |effect| stayed at noise level
+(`OfflineProposer.inert` says which and why); (3) proposes first what near-misses suggest: two
+knobs whose single moves each came close are combined into one move, and a near-miss is re-tried
+once alone on a new incumbent; only then a seeded random draw. A configuration tried in any session is never
 proposed again. Pure (no IO); given the same seed and history it proposes the same thing. Edits
-replace only the literal's characters, so the diff is one line per constant.
+replace only the literal's characters, so the diff is one line per constant, and the params it
+records are the values the edited file reads back as. A source it cannot analyse (valid Python
+too deep for a recursive walk, say) never makes it raise: every constant counts as live, or there
+is nothing to propose.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import operator
 import random
 import re
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
@@ -43,11 +47,15 @@ PRIORS = (("LEARNING_RATE", 4.0), ("BATCH", 4.0), ("LR", 1.5))
 # without one get the constitution's default min_improvement.
 DEFAULT_THRESHOLD = 0.01
 NEAR_MISS = 0.5  # a discarded move that gained at least this share of its bar came close
-INERT_AFTER = 3  # moves of a knob before its results can call it inert
-# Mean |improvement| below this many bars is noise: the bar sits at CPU noise (sd ~0.007 bpb per
-# 60 s run, min_improvement 0.01), so a knob that does nothing still shows a mean |difference| of
-# two runs near 0.8 * sqrt(2) * 0.007 ~ 0.008 ~ one bar; the knobs that matter move ~0.08 (8 bars).
-INERT_EFFECT = 2.0
+INERT_AFTER = 3  # moves of a knob, at its current value, before its results can call it inert
+# A knob that does nothing still shows the difference of two noisy runs, mean |N(0, 2 sd^2)| =
+# sqrt(2/pi) * sqrt(2) * sd ~ 0.8 * sqrt(2) * sd, sd being the run-to-run noise its keep rule
+# assumed (HistoryItem.noise_sd; without one, half the bar stands in). Its moves are inert when
+# their mean |improvement| stays under INERT_NOISE_FACTOR times that. The yardstick is noise, not
+# the bar: a knob at its optimum, every move costing ~0.04 against a bar of ~0.035, is far above
+# noise and stays live; and a truly inert knob's mean settles at noise as moves accumulate, so
+# more data makes the flag surer (a "no move came within half of the bar" rule grew rarer).
+INERT_NOISE_FACTOR = 1.5
 FAILED = ("crash", "timeout")  # it broke: the knob had an effect, a bad one
 MEASURED = ("keep", "discard")
 
@@ -63,9 +71,15 @@ class Constant:
 
 
 def parse_constants(source: str) -> dict[str, Constant]:
-    """Top-level `NAME = number` assignments with UPPER_CASE names (the hyperparameter block)."""
+    """Top-level `NAME = number` assignments with UPPER_CASE names (the hyperparameter block).
+    Valid Python too deeply nested for the parser gives {}; a source that isn't Python raises
+    SyntaxError."""
+    try:
+        tree = ast.parse(source)
+    except (RecursionError, MemoryError):  # e.g. a 3000-term sum: too deep to build its tree
+        return {}
     out: dict[str, Constant] = {}
-    for node in ast.parse(source).body:
+    for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             continue
         name = node.targets[0].id
@@ -114,77 +128,105 @@ def fmt(c: Constant, value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else repr(round(value, 6))
 
 
+def written(c: Constant, value: float) -> float:
+    """What the literal fmt(c, value) reads back as: the value the edited file holds."""
+    return float(fmt(c, value))
+
+
+def _number(v: object) -> bool:
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def apply_values(source: str, consts: dict[str, Constant], new: dict[str, float]) -> str:
-    lines = source.splitlines(keepends=True)
-    for name, value in new.items():
-        c = consts[name]
-        line = lines[c.line - 1]
-        lines[c.line - 1] = line[: c.col] + fmt(c, value) + line[c.end_col :]
+    # Lines as the tokenizer counts them (ends \r\n, \r or \n; str.splitlines also splits on \f,
+    # \v, \x1c-\x1e, \x85, \u2028, \u2029), and columns as ast gives them: UTF-8 byte offsets.
+    lines = re.split(r"(?<=\n)|(?<=\r)(?!\n)", source)
+    for name, value in sorted(new.items(), key=lambda kv: (consts[kv[0]].line, consts[kv[0]].col), reverse=True):
+        c = consts[name]  # right to left, so `A = 1; B = 2` keeps B's offsets when A's literal grows
+        line = lines[c.line - 1].encode("utf-8")
+        lines[c.line - 1] = (line[: c.col] + fmt(c, value).encode("utf-8") + line[c.end_col :]).decode("utf-8")
     return "".join(lines)
 
 
 # ---------------------------------------------------------------------------
 # Inert constants, from the source
 
-_UNKNOWN = object()
 _ESCAPES = {"globals", "vars", "locals", "eval", "exec", "__import__"}  # names read by string: unsure of all
-_COMPARE = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
-    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-}
+# What a test may be made of for its value to be known: literals, constants, comparisons, not/and/or.
+# Nothing here can call, index or look anything up, so evaluating it runs no code of the lab's.
+_PLAIN = (ast.Constant, ast.Name, ast.Load, ast.Tuple, ast.List, ast.Set, ast.Compare, ast.cmpop,
+          ast.UnaryOp, ast.unaryop, ast.BoolOp, ast.boolop)
 
 
-def _value(e: ast.expr, env: dict[str, object]) -> object:
-    """What an expression of literals and known constants evaluates to, or _UNKNOWN."""
-    if isinstance(e, ast.Constant):
-        return e.value
-    if isinstance(e, ast.Name):
-        return env.get(e.id, _UNKNOWN)
-    try:
-        if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
-            items = [_value(x, env) for x in e.elts]
-            if any(x is _UNKNOWN for x in items):
-                return _UNKNOWN
-            return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(e)](items)
-        if isinstance(e, ast.UnaryOp):
-            v = _value(e.operand, env)
-            if v is _UNKNOWN:
-                return _UNKNOWN
-            return {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos}[type(e.op)](v)
-        if isinstance(e, ast.Compare):
-            left = _value(e.left, env)
-            rights = [_value(x, env) for x in e.comparators]
-            if left is _UNKNOWN or any(x is _UNKNOWN for x in rights):
-                return _UNKNOWN
-            for op, right in zip(e.ops, rights):
-                if not _COMPARE[type(op)](left, right):
-                    return False
-                left = right
-            return True
-    except (TypeError, ValueError, KeyError, ArithmeticError):  # e.g. `"a" < 1`, an unhashable set member
-        return _UNKNOWN
-    return _UNKNOWN
-
-
-def _truth(e: ast.expr, env: dict[str, object]) -> bool | None:
+def _truth(test: ast.expr, env: dict[str, object]) -> bool | None:
     """Whether a test is true for the current values: True, False or None (can't tell)."""
-    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
-        t = _truth(e.operand, env)
+    if isinstance(test, ast.BoolOp):  # `x and <unknown>` is false when x is, `x or <unknown>` true when x is
+        ts = {_truth(v, env) for v in test.values}
+        stop = isinstance(test.op, ast.Or)
+        return stop if stop in ts else None if None in ts else not stop
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        t = _truth(test.operand, env)
         return None if t is None else not t
-    if isinstance(e, ast.BoolOp):
-        ts = [_truth(v, env) for v in e.values]
-        short, other = (False, True) if isinstance(e.op, ast.And) else (True, False)
-        if short in ts:
-            return short
-        return other if all(t is other for t in ts) else None
-    v = _value(e, env)
-    if v is _UNKNOWN:
+    if not all(isinstance(n, _PLAIN) and (not isinstance(n, ast.Name) or n.id in env) for n in ast.walk(test)):
         return None
     try:
-        return bool(v)
-    except Exception:  # noqa: BLE001 - a literal whose truth raises: can't tell
+        return bool(_value(test, env))
+    except Exception:  # noqa: BLE001 - e.g. `"a" < 1`, an unhashable set member, too deep: can't tell
         return None
+
+
+_CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+        ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+        ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+_UNARY = {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+
+
+def _value(node: ast.expr, env: dict[str, object]) -> object:
+    """The value of a _PLAIN expression, by hand: no compile, no eval of the lab's text."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return env[node.id]
+    if isinstance(node, ast.Tuple):
+        return tuple(_value(e, env) for e in node.elts)
+    if isinstance(node, ast.List):
+        return [_value(e, env) for e in node.elts]
+    if isinstance(node, ast.Set):
+        return frozenset(_value(e, env) for e in node.elts)
+    if isinstance(node, ast.UnaryOp):
+        return _UNARY[type(node.op)](_value(node.operand, env))
+    if isinstance(node, ast.BoolOp):
+        values = [_value(v, env) for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.Compare):
+        left = _value(node.left, env)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = _value(right_node, env)
+            if not _CMP[type(op)](left, right):
+                return False
+            left = right
+        return True
+    raise ValueError(f"not a plain expression: {type(node).__name__}")
+
+
+def _bindings(node: ast.AST) -> list[str]:
+    """The names a node binds: assignment, loop, `with`/`except`/comprehension targets and the
+    walrus (all `Name`s in Store/Del), parameters, imports, def/class, match captures, `global`."""
+    if isinstance(node, ast.Name):
+        return [] if isinstance(node.ctx, ast.Load) else [node.id]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, ast.alias):  # `import a.b` binds a
+        return [(node.asname or node.name).split(".")[0]]
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return list(node.names)
+    if isinstance(node, ast.MatchMapping):
+        return [node.rest] if node.rest else []
+    name = getattr(node, "name", None)  # def, class, `except ... as`, match capture, type parameter
+    return [name] if isinstance(name, str) else []
 
 
 @dataclass(frozen=True)
@@ -195,35 +237,32 @@ class _Read:
 
 
 def _reads(tree: ast.Module, names: set[str]) -> list[_Read]:
+    """Every read of one of `names`, in source order, with the tests it runs under. Iterative: a
+    deeply nested expression (a 1500-term sum) is valid Python and must not hit the recursion limit."""
     out: list[_Read] = []
-
-    def visit(node: ast.AST, guards: tuple, owner: str | None) -> None:
-        if isinstance(node, (ast.If, ast.IfExp)):
-            visit(node.test, guards, owner)
-            body = node.body if isinstance(node.body, list) else [node.body]
-            orelse = node.orelse if isinstance(node.orelse, list) else [node.orelse]
-            for child in body:
-                visit(child, guards + ((node.test, True),), owner)
-            for child in orelse:
-                visit(child, guards + ((node.test, False),), owner)
-            return
-        if isinstance(node, ast.BoolOp):  # `a and b` reads b only when a is true; `a or b` when false
-            need = isinstance(node.op, ast.And)
-            for i, v in enumerate(node.values):
-                visit(v, guards + tuple((prev, need) for prev in node.values[:i]), owner)
-            return
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in names:
-            out.append(_Read(node.id, guards, owner))
-        for child in ast.iter_child_nodes(node):
-            visit(child, guards, owner)
-
-    for stmt in tree.body:
+    stack: list[tuple[ast.AST, tuple, str | None]] = []
+    for stmt in reversed(tree.body):
         owner = None
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             if len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id.isupper():
                 owner = targets[0].id
-        visit(stmt, (), owner)
+        stack.append((stmt, (), owner))
+    while stack:
+        node, guards, owner = stack.pop()
+        if isinstance(node, (ast.If, ast.IfExp)):
+            body = node.body if isinstance(node.body, list) else [node.body]
+            orelse = node.orelse if isinstance(node.orelse, list) else [node.orelse]
+            children = [(node.test, guards), *((c, guards + ((node.test, True),)) for c in body),
+                        *((c, guards + ((node.test, False),)) for c in orelse)]
+        elif isinstance(node, ast.BoolOp):  # `a and b` reads b only when a is true; `a or b` when false
+            need = isinstance(node.op, ast.And)
+            children = [(v, guards + tuple((prev, need) for prev in node.values[:i])) for i, v in enumerate(node.values)]
+        else:
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in names:
+                out.append(_Read(node.id, guards, owner))
+            children = [(c, guards) for c in ast.iter_child_nodes(node)]
+        stack.extend((c, g, owner) for c, g in reversed(children))
     return out
 
 
@@ -231,48 +270,58 @@ def dead_constants(source: str) -> dict[str, str]:
     """UPPER_CASE top-level constants (numbers, strings, flags) that changing cannot affect, with
     why: never read, or read only where an enclosing test is false for the current values, or
     read only to define other dead constants. A test counts only when it is made of literals and
-    constants assigned once, to a literal (`==`, `!=`, `<`, `in`, `is`, `not`, `and`, `or`);
-    anything else is unsure and leaves the read live, as does any sign that names are looked up
-    by string (`globals()`, `getattr(x, "NAME")`, `module.NAME`)."""
+    constants bound once, to a literal (`==`, `!=`, `<`, `in`, `is`, `not`, `and`, `or`); anything
+    else is unsure and leaves the read live. Unsure means live, too, for a constant whose name is
+    bound anywhere else (a parameter, import, def, `as`, loop or comprehension target, `global`:
+    a read may be of the other binding), and for all of them at any sign that names are looked up
+    by string (`globals()`, `getattr(x, "NAME")`, `module.NAME`, `import *`) or when the source
+    can't be analysed (not Python, or too deep)."""
     try:
-        tree = ast.parse(source)
-    except SyntaxError:
+        return _dead_constants(source)
+    except Exception:  # noqa: BLE001 - SyntaxError, RecursionError on a deep tree, ...: all live
         return {}
+
+
+def _dead_constants(source: str) -> dict[str, str]:
+    tree = ast.parse(source)
     defined: dict[str, ast.expr] = {}
     for stmt in tree.body:
         if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
                 and stmt.targets[0].id.isupper()):
             defined[stmt.targets[0].id] = stmt.value
-    stores: dict[str, int] = {}
+    bound: Counter[str] = Counter()
     by_string: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            if isinstance(node.ctx, (ast.Store, ast.Del)):
-                stores[node.id] = stores.get(node.id, 0) + 1
-            elif node.id in _ESCAPES:
-                return {}
-        elif isinstance(node, ast.Global):
-            for n in node.names:
-                stores[n] = stores.get(n, 0) + 2  # rebound from a function
-        elif isinstance(node, ast.Attribute):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in _ESCAPES:
+            return {}
+        if isinstance(node, ast.alias) and node.name == "*":
+            return {}
+        bound.update(_bindings(node))
+        if isinstance(node, ast.Attribute):
             by_string.add(node.attr)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             by_string.add(node.value)
-    env: dict[str, object] = {}  # constants whose value is known: assigned once, to a literal
+    env: dict[str, object] = {}  # constants whose value is known: bound once, to a literal
     for name, value in defined.items():
-        if stores.get(name) == 1:
+        if bound[name] == 1:
             try:
                 env[name] = ast.literal_eval(value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 pass
     reads = _reads(tree, set(defined))
+    truth: dict[int, bool | None] = {}  # by id(test): one test guards many reads
 
     def blocker(r: _Read) -> tuple[ast.expr, bool] | None:
         """The first enclosing test whose current truth keeps the read from running, if any."""
-        return next(((test, need) for test, need in r.guards if _truth(test, env) is (not need)), None)
+        for test, need in r.guards:
+            if id(test) not in truth:
+                truth[id(test)] = _truth(test, env)
+            if truth[id(test)] is (not need):
+                return test, need
+        return None
 
     live_reads = [r for r in reads if blocker(r) is None]
-    live = set(by_string) & set(defined)
+    live = (by_string | {n for n in defined if bound[n] > 1}) & set(defined)
     changed = True
     while changed:  # a read in the definition of another constant counts only if that one is live
         changed = False
@@ -307,6 +356,7 @@ class Move:
     knobs: frozenset[str]  # the knobs it moved
     values: dict[str, float]  # the constants it changed -> their new values
     item: HistoryItem
+    incumbent: dict[str, float]  # the params it was measured against
 
     def of(self, knob: str, knob_of: dict[str, str]) -> tuple[tuple[str, float], ...]:
         """The values it gave one knob's constants, as a key."""
@@ -332,7 +382,7 @@ def lab_moves(groups: Iterable[list[HistoryItem]], knob_of: dict[str, str]) -> l
             if incumbent is not None and h.decision != "baseline":
                 values = {k: v for k, v in h.params.items() if k in incumbent and incumbent[k] != v}
                 if values:
-                    out.append(Move(frozenset(knob_of.get(k, k) for k in values), values, h))
+                    out.append(Move(frozenset(knob_of.get(k, k) for k in values), values, h, incumbent))
             if h.decision in ("baseline", "keep"):
                 incumbent = h.params
     return out
@@ -348,27 +398,37 @@ def _near_miss(h: HistoryItem) -> bool:
             and (h.decision == "keep" or h.improvement >= NEAR_MISS * _bar(h)))
 
 
-def inert_by_results(moves: list[Move]) -> dict[str, str]:
-    """Knobs moved INERT_AFTER times or more, none of whose moves came within half of its bar
-    and whose mean |improvement| stayed under INERT_EFFECT bars; a move that crashed is an effect."""
+def _noise_diff(h: HistoryItem) -> float:
+    """The mean |difference| of two runs of one configuration at the noise its keep rule assumed,
+    or half its bar when the record says no noise."""
+    sd = getattr(h, "noise_sd", None)
+    return 0.8 * math.sqrt(2) * sd if _number(sd) and sd > 0 else _bar(h) / 2
+
+
+def inert_by_results(moves: list[Move], knobs: dict[str, list[str]], current: dict[str, float]) -> dict[str, str]:
+    """Knobs moved INERT_AFTER times or more from an incumbent where they had their current values,
+    none of whose moves cleared its bar and whose mean |improvement| stayed under INERT_NOISE_FACTOR
+    times noise; a move that crashed is an effect. Only moves from the current values count: what a
+    knob does elsewhere says little about it here, and once the incumbent changes it the flag is
+    judged afresh."""
     seen: dict[str, list[HistoryItem]] = {}
     broke: set[str] = set()
     for m in moves:
         for k in m.knobs:
+            if not all(c in current and m.incumbent.get(c) == current[c] for c in knobs.get(k, [k])):
+                continue
             if m.item.decision in FAILED:
                 broke.add(k)
-            elif m.item.decision in MEASURED and m.item.improvement is not None:
+            elif m.item.decision in MEASURED and _number(m.item.improvement):
                 seen.setdefault(k, []).append(m.item)
     out: dict[str, str] = {}
     for k, items in sorted(seen.items()):
-        if len(items) < INERT_AFTER or k in broke:
-            continue
-        if any(h.improvement >= _bar(h) / 2 for h in items):
+        if len(items) < INERT_AFTER or k in broke or any(h.improvement >= _bar(h) for h in items):
             continue
         effect = statistics.fmean(abs(h.improvement) for h in items)
-        bound = INERT_EFFECT * statistics.fmean(_bar(h) for h in items)
+        bound = INERT_NOISE_FACTOR * statistics.fmean(_noise_diff(h) for h in items)
         if effect < bound:
-            out[k] = (f"moved {len(items)} times, never within half of the bar, "
+            out[k] = (f"moved {len(items)} times from its current value, none cleared its bar, "
                       f"mean |effect| {effect:.4f} < {bound:.4f} (noise)")
     return out
 
@@ -395,9 +455,19 @@ class OfflineProposer:
 
     @staticmethod
     def _moves(members: list[str], consts: dict[str, Constant]) -> list[dict[str, float]]:
+        """A knob's moves, nearest first, as the values the file will hold; none that can't be
+        written exactly (a whole number for an int constant: 3 sequences x 0.5 is no batch size)."""
         if len(members) == 1:
-            return [{members[0]: v} for v in candidate_values(consts[members[0]])]
-        return [{m: consts[m].value * f for m in members} for f in (0.5, 2.0) if all(consts[m].value * f >= 1 for m in members)]
+            raw = [{members[0]: v} for v in candidate_values(consts[members[0]])]
+        else:
+            raw = [{m: consts[m].value * f for m in members} for f in (0.5, 2.0) if all(consts[m].value * f >= 1 for m in members)]
+        out: list[dict[str, float]] = []
+        for move in raw:
+            if all(_number(v) and (not consts[m].is_int or float(v).is_integer()) for m, v in move.items()):
+                new = {m: written(consts[m], v) for m, v in move.items()}
+                if any(v != consts[m].value for m, v in new.items()) and new not in out:
+                    out.append(new)
+        return out
 
     @staticmethod
     def _knob_scores(moves: list[Move]) -> dict[str, tuple[float, int]]:
@@ -418,13 +488,14 @@ class OfflineProposer:
             return {}
         try:
             consts = parse_constants(source)
-        except SyntaxError:
+        except Exception:  # noqa: BLE001 - not Python: nothing to say
             return {}
         knobs = self._knobs(consts)
         knob_of = {m: k for k, members in knobs.items() for m in members}
-        return self._inert(ctx, source, knobs, lab_moves(sessions(ctx), knob_of))
+        return self._inert(ctx, source, consts, knobs, lab_moves(sessions(ctx), knob_of))
 
-    def _inert(self, ctx: ProposalContext, source: str, knobs: dict[str, list[str]], moves: list[Move]) -> dict[str, str]:
+    def _inert(self, ctx: ProposalContext, source: str, consts: dict[str, Constant], knobs: dict[str, list[str]],
+               moves: list[Move]) -> dict[str, str]:
         dead = dead_constants(source)
         # another editable module that names a constant may read it (`from train import X`)
         elsewhere = "\n".join(t for p, t in sorted(ctx.files.items()) if p != TARGET and p.endswith(".py"))
@@ -433,7 +504,7 @@ class OfflineProposer:
             gone = [m for m in members if m in dead and not re.search(rf"\b{re.escape(m)}\b", elsewhere)]
             if len(gone) == len(members):
                 out[knob] = "; ".join(f"{m} {dead[m]}" if m != knob else dead[m] for m in members)
-        for knob, why in inert_by_results(moves).items():
+        for knob, why in inert_by_results(moves, knobs, {k: c.value for k, c in consts.items()}).items():
             if knob in knobs and knob not in out:
                 out[knob] = why
         return dict(sorted(out.items()))
@@ -487,18 +558,23 @@ class OfflineProposer:
             return None
         try:
             consts = parse_constants(source)
-        except SyntaxError:
+        except Exception:  # noqa: BLE001 - not Python: nothing to propose
             return None
         if not consts:
             return None
         current = {k: c.value for k, c in consts.items()}
         groups = sessions(ctx)
-        tried = {tuple(sorted(h.params.items())) for items in groups for h in items if h.params}
-        tried.add(tuple(sorted(current.items())))
+
+        def key(params: dict[str, float]) -> tuple:
+            """A configuration as the file holds it (older records may hold unrounded values)."""
+            return tuple(sorted((k, written(consts[k], v) if k in consts and _number(v) else v) for k, v in params.items()))
+
+        tried = {key(h.params) for items in groups for h in items if h.params}
+        tried.add(key(current))
         knobs = self._knobs(consts)
         knob_of = {m: k for k, members in knobs.items() for m in members}
         moves = lab_moves(groups, knob_of)
-        inert = self._inert(ctx, source, knobs, moves)
+        inert = self._inert(ctx, source, consts, knobs, moves)
         names = sorted(k for k in knobs if k not in inert)
         skipped = "; skipping inert knobs: " + "; ".join(f"{k} ({why})" for k, why in inert.items()) if inert else ""
 
@@ -507,15 +583,22 @@ class OfflineProposer:
             dim, head = config.get("MODEL_DIM"), config.get("HEAD_DIM")
             return not (dim and head and (dim % head or dim < head))
 
-        def proposal(new: dict[str, float], config: dict[str, float], why: str) -> Proposal:
+        def proposal(new: dict[str, float], config: dict[str, float], why: str) -> Proposal | None:
+            text = apply_values(source, consts, new)
+            if {k: c.value for k, c in parse_constants(text).items()} != config:  # the params are what the file says
+                return None
             desc = ", ".join(f"{k} {fmt(consts[k], current[k])} -> {fmt(consts[k], v)}" for k, v in new.items())
-            return Proposal(description=desc, hypothesis=why + skipped,
-                            files={TARGET: apply_values(source, consts, new).encode()}, source="offline", params=config)
+            return Proposal(description=desc, hypothesis=why + skipped, files={TARGET: text.encode()},
+                            source="offline", params=config)
 
-        for new, why in self._from_near_misses(moves, knob_of, set(names), current):
+        for near, why in self._from_near_misses(moves, knob_of, set(names), current):
+            if not all(_number(v) and (not consts[k].is_int or float(v).is_integer()) for k, v in near.items()):
+                continue
+            new = {k: written(consts[k], v) for k, v in near.items()}
             config = dict(current, **new)
-            if tuple(sorted(config.items())) not in tried and valid(config):
-                return proposal(new, config, why)
+            if new != {k: current[k] for k in new} and key(config) not in tried and valid(config):
+                if p := proposal(new, config, why):
+                    return p
 
         if not names:
             return None
@@ -542,9 +625,10 @@ class OfflineProposer:
             if not new:
                 continue
             config = dict(current, **new)
-            if tuple(sorted(config.items())) in tried or not valid(config):
+            if key(config) in tried or not valid(config):
                 continue
-            return proposal(new, config, "offline search: neighbouring hyperparameters may train faster in the fixed budget")
+            if p := proposal(new, config, "offline search: neighbouring hyperparameters may train faster in the fixed budget"):
+                return p
         return None
 
 

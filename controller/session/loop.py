@@ -483,8 +483,8 @@ class Session:
                     experiment=n, commit_sha=commit)
         wanted = 1 if repair else self.rules.decision.baseline_runs
         outcomes, bpbs = [], []
-        while len(outcomes) < wanted and not self.stop_requested.is_set():
-            outcome = self.run_job(n, commit, len(outcomes) + 1, label)
+        while len(outcomes) < wanted and not self.stop_requested.is_set() and (not outcomes or self.room_for_a_run()):
+            outcome = self.run_job(n, commit, len(outcomes) + 1, label, len(s.runs.get(commit, [])) + len(bpbs))
             outcomes.append(outcome)
             if outcome.status != "ok":
                 break
@@ -505,8 +505,8 @@ class Session:
         if repair and s.best_bpb is not None:
             drift = bpbs[0] - s.best_bpb
             reason = f"re-verified baseline {bpbs[0]:.4f} vs recorded {s.best_bpb:.4f} (drift {drift:+.4f})"
-            if commit == s.best_commit:
-                s.best_bpb = mean  # the incumbent's value is the mean of all its runs
+            # best_bpb stays the recorded figure (as a resume rebuilds it); the keep rule reads
+            # the incumbent's runs, this one included, from s.runs
         else:
             s.baseline_bpb = s.best_bpb = mean
             s.best_commit = commit
@@ -523,7 +523,7 @@ class Session:
         try:
             text = (self.lab.root / "train.py").read_text()
             return {k: c.value for k, c in parse_constants(text).items()}
-        except (OSError, SyntaxError, ValueError):
+        except Exception:  # a weird but valid train.py (e.g. too deeply nested): no params, never a dead loop
             return None
 
     def experiment(self, proposal: Proposal) -> None:
@@ -556,18 +556,23 @@ class Session:
         runs = [outcome.val_bpb]
         incumbent = list(s.runs.get(s.best_commit) or [s.best_bpb])
         verdict = self.judge(incumbent, runs)
-        while verdict.need_more_runs and not self.stop_requested.is_set():
-            more = self.run_job(n, commit, len(runs) + 1, proposal.description)
+        while verdict.need_more_runs and not self.stop_requested.is_set() and self.room_for_a_run():
+            more = self.run_job(n, commit, len(runs) + 1, proposal.description, len(runs))
             outcomes.append(more)
             if more.status != "ok":
                 break
             runs.append(more.val_bpb)
             verdict = self.judge(incumbent, runs)
+        use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
+        if use["integrity_failure"]:  # a confirmation run broke a pin: none of its runs count
+            git.reset_hard(parent)
+            self.decide(n, Decision.CRASH, outcomes[-1].reason, None, commit, dataclasses.replace(base, **use))
+            return
         s.runs = noise.merge(s.runs, commit, runs)
         mean = statistics.fmean(runs)
         ev = verdict.evidence
         base = dataclasses.replace(
-            base, **resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb), runs=runs,
+            base, **use, runs=runs,
             improvement=round(ev.improvement, 6), best_before=s.best_bpb, incumbent_runs=list(ev.incumbent_runs),
             threshold=round(ev.threshold, 6), noise_sd=round(ev.sd, 6), noise_df=ev.df, confidence=ev.confidence,
             setup=s.setup)
@@ -580,9 +585,16 @@ class Session:
             reason = verdict.reason
             if verdict.need_more_runs:
                 last = outcomes[-1]
-                why = f"run {len(outcomes)} failed: {last.reason}" if last.status != "ok" else "a stop came"
+                why = (f"run {len(outcomes)} failed: {last.reason}" if last.status != "ok" else
+                       "a stop came" if self.stop_requested.is_set() else "no budget was left for it")
                 reason = f"discarded: a confirmation run did not complete ({why}); {verdict.reason}"
             self.decide(n, Decision.DISCARD, reason, mean, commit, base)
+
+    def room_for_a_run(self) -> bool:
+        """May one more run of this experiment start? Budgets are checked before every run, not
+        only between experiments (a baseline and confirmations are several runs)."""
+        now = utc_now()  # the experiment in flight is not counted until it is decided
+        return budget_stop(self.rules, self.session_usage(now), self.day_usage(now)) is None
 
     def judge(self, incumbent: list[float], runs: list[float]) -> keep_rule.KeepVerdict:
         """The keep rule in force (THROTTLE's demand included) with the noise measured so far."""
@@ -604,10 +616,11 @@ class Session:
         self.decide(n, Decision.REFUSED, refused.reason, None, parent,
                     dataclasses.replace(base, hard_violation=refused.hard, refusal_rule=refused.rule))
 
-    def run_job(self, n: int, commit: str, run_index: int, description: str) -> RunOutcome:
-        """Train, evaluate and post-check one commit; record what came back."""
+    def run_job(self, n: int, commit: str, run_index: int, description: str, seed_offset: int = 0) -> RunOutcome:
+        """Train, evaluate and post-check one commit; record what came back. `seed_offset`: how
+        many runs of this commit were scored before (each repeat draws another seed)."""
         run_dir = self.lab.runs_dir / self.state.id / f"{n:04d}-{run_index}"
-        job = Job(n, run_index, commit, self.lab.root, run_dir)
+        job = Job(n, run_index, commit, self.lab.root, run_dir, seed_offset=seed_offset)
         runner = Runner(self.lab.state_dir, self.rules, self.level)
         deadline = training_kill_seconds(self.rules)  # the hard kill, whichever clock stops the run
         self.set_inflight(Inflight(n, description, "training", time.time(), time.time() + deadline))

@@ -29,6 +29,7 @@ def history_item(proposed: Proposed | None, decided: Decided, decision: Decision
         source=p.source or decided.source, params=decided.params if decided.params is not None else p.params,
         improvement=decided.improvement, reason=decided.reason, rule=decided.refusal_rule,
         session=session, experiment=experiment, runs=tuple(decided.runs), threshold=decided.threshold,
+        noise_sd=decided.noise_sd,
     )
 
 

@@ -78,6 +78,11 @@ BAD = [
     ('forbidden = ["network",', 'forbidden = ["telepathy",',
      "default.toml: scope.forbidden.0: must be 'network', 'subprocess', 'dynamic_import', 'file_write', "
      "'data_access', 'timing' or 'evaluation'"),
+    ('profile = "cpu"', 'profile = "gpu"',
+     'default.toml: the gpu profile needs budgets.experiment.clock = "wall" (the cpu clock does not count device time)'),
+    ("noise_prior_df = 4 ", "noise_prior_df = 0 ", "default.toml: decision.noise_prior_df: must be greater than 0"),
+    ('clock = "cpu" ', 'clock = "gpu" ', "default.toml: budgets.experiment.clock: must be 'wall' or 'cpu'"),
+    ("confidence = 0.95 ", "confidence = 0.5 ", "default.toml: decision.confidence: must be greater than 0.5"),
 ]
 
 

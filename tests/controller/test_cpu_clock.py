@@ -72,6 +72,89 @@ def test_the_poll_fallback_also_stops_on_cpu(lab, level, monkeypatch):
     assert_stopped_on_cpu(result, 1.5)
 
 
+# Does all its work in short-lived children, started one after another, each burning CHILD_CPU
+# seconds of CPU (much less than a poll) and reporting its own process_time; on SIGTERM it stops
+# starting them and reports their total, how many there were, and its own CPU.
+CHILD_CPU = 0.07
+FORKER = """
+import os, signal, subprocess, sys, time
+METHOD, BURN = sys.argv[1], float(sys.argv[2])
+CHILD = f"import time\\nwhile time.process_time() < {BURN}: pass\\nprint(time.process_time())"
+stopping = []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+def by_fork():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(r)
+        while time.process_time() < BURN:
+            pass
+        os.write(w, f"{time.process_time()}".encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        report = f.read()
+    os.waitpid(pid, 0)
+    return float(report) if report else 0.0
+def by_subprocess():
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True).stdout
+    return float(out) if out.strip() else 0.0
+children, total = 0, 0.0
+while not stopping:
+    total += by_fork() if METHOD == "fork" else by_subprocess()
+    children += 1
+print(f"children {children} cpu {total:.3f}", flush=True)
+print(f"own cpu {time.process_time():.3f}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "subprocess"])
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_poll_counts_the_cpu_of_short_lived_children(lab, level, method, monkeypatch):
+    """Each child lives less than a poll, so only its parent's cutime/cstime shows what it used:
+    the run is still stopped at about its budget, not at the wall cap with several times it."""
+    monkeypatch.setattr(sandbox, "CGROUPS", False)
+    budget = 1.5
+    result = run(cpu_spec(lab, FORKER, method, str(CHILD_CPU), budget=budget, stop_after_s=30.0), level)
+    assert result.limits == "poll"
+    assert result.stopped_by == "cpu" and result.returncode == 0, result
+    line = [ln for ln in result.log_tail.splitlines() if ln.startswith("children ")]
+    assert line, result.log_tail
+    children, in_children = int(line[-1].split()[1]), float(line[-1].split()[-1])
+    received = in_children + own_cpu(result)        # what the run itself measured it was given
+    # the work really was in many short-lived children ...
+    assert children >= 10 and in_children >= 0.6 * budget, result.log_tail
+    # ... and it got about its budget: the controller's count, and the run's own
+    assert budget <= result.cpu_seconds <= budget + 0.5, result.cpu_seconds
+    assert budget - 0.3 <= received <= budget + 0.4, result.log_tail
+    assert received <= result.cpu_seconds + 0.05, (received, result.cpu_seconds)
+
+
+@pytest.mark.skipif(sandbox.limits_mechanism() == "poll", reason="needs a cgroup")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_failed_cgroup_read_does_not_freeze_the_cpu_clock(lab, level, monkeypatch):
+    """The cgroup's counter can't be read once the run has used 0.3 s: the poll carries the count on
+    from there, so the stop still comes from the cpu clock at about the budget."""
+    real, failed = sandbox._Cgroup.cpu_seconds, []
+
+    def failing(self):
+        seconds = real(self)
+        if seconds is None or seconds >= 0.3:
+            failed.append(seconds)
+            return None
+        return seconds
+
+    monkeypatch.setattr(sandbox._Cgroup, "cpu_seconds", failing)
+    probe = sandbox._make_cgroup(16, 16, "charter-probe")
+    if probe is None or not probe.has_cpu:
+        pytest.skip("no cpuacct counter here")
+    probe.remove()
+    result = run(cpu_spec(lab, budget=1.5, stop_after_s=30.0), level)
+    assert result.limits != "poll" and failed       # it had a cgroup, and its reads did fail
+    assert_stopped_on_cpu(result, 1.5)
+
+
 @pytest.fixture
 def load_on_first_cpu():
     """Two processes outside the sandbox burning the CPU a cpu_threads=1 run gets (the first one
@@ -215,5 +298,5 @@ def test_repeated_runs_of_a_commit_are_told_other_seeds(tmp_path, monkeypatch):
         runner.train(tmp_path, tmp_path / f"run{offset}", data, seed_offset=offset)
     assert [s.env["CHARTER_SEED_OFFSET"] for s in seen] == ["0", "2"]
     monkeypatch.setattr(Runner, "train", lambda self, *a, **kw: (_ for _ in ()).throw(RuntimeError(a[-1])))
-    with pytest.raises(RuntimeError, match="^2$"):      # run 3 of a commit: offset 2
-        runner.run(Job(1, 3, "c0ffee", tmp_path, tmp_path / "run3"), data)
+    with pytest.raises(RuntimeError, match="^5$"):      # the job's offset reaches the run
+        runner.run(Job(1, 3, "c0ffee", tmp_path, tmp_path / "run3", seed_offset=5), data)

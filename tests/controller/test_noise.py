@@ -34,6 +34,13 @@ def test_the_prior_is_outweighed_as_repeats_accumulate():
     assert "measured" in many.describe() and "80 df over 40 commit(s)" in many.describe()
 
 
+def test_identical_repeats_cannot_lower_the_estimate_below_the_floor():
+    # a train.py that ignores its seed offset repeats itself exactly: it must not shrink the bar
+    copies = [[2.0, 2.0, 2.0] for _ in range(50)]
+    est = noise.estimate(copies, prior_sd=0.02, prior_df=4)
+    assert est.measured_sd == 0.0 and est.sd == 0.02 and est.df == 104
+
+
 def with_values(**sections) -> constitution.Constitution:
     """The default rules with some fields changed, e.g. with_values(experiment={"clock": "wall"})."""
     data = RULES.model_dump(mode="json")
