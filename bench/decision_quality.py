@@ -99,6 +99,9 @@ CANDIDATES: dict[str, Callable[[str], str]] = {
     "learning rate x2": _scale(LEARNING_RATE=2.0),
     "head dim 32": _set(HEAD_DIM=32),
     "adam beta2 0.99": _set(ADAM_BETA2=0.99),
+    # absolute values: applied after "batch halved" or "learning rate x2" was kept, each goes one step further
+    "batch quartered": _set(DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=2048),
+    "learning rate 9e-3": _set(LEARNING_RATE=9e-3),
 }
 
 
@@ -203,10 +206,13 @@ def experiments(lab: Lab) -> list[dict]:
 
 # -- the parts -----------------------------------------------------------------------------------
 
-def premeasure(work: Path, args) -> dict:
+def premeasure(work: Path, args, earlier: dict | None = None) -> dict:
+    """Each candidate (or those named by --only) and the baseline, interleaved; results merge into
+    an earlier premeasure (the baseline's runs pool)."""
     lab = make_lab(work / "premeasure-lab", args.seconds)
     base = lab.git.head()
-    commits = {"baseline": base} | {label: commit_variant(lab, base, label, edit) for label, edit in CANDIDATES.items()}
+    chosen = [c.strip() for c in args.only.split(",")] if args.only else list(CANDIDATES)
+    commits = {"baseline": base} | {label: commit_variant(lab, base, label, CANDIDATES[label]) for label in chosen}
     runs: dict[str, list[float]] = {k: [] for k in commits}
     for r in range(args.repeats):
         for label, commit in commits.items():  # interleaved: a slow minute hits every variant alike
@@ -214,11 +220,16 @@ def premeasure(work: Path, args) -> dict:
             print(f"  round {r + 1} {label}: {out}", flush=True)
             if out["status"] == "ok":
                 runs[label].append(out["val_bpb"])
-    b = runs["baseline"]
+    earlier = earlier or {"baseline": [], "changes": {}}
+    b = list(earlier["baseline"]) + runs["baseline"]
+    for label, c in earlier["changes"].items():
+        runs.setdefault(label, list(c["runs"]))
     result = {"baseline": b, "changes": {}}
     print(f"\n| change | runs | mean val_bpb | effect vs baseline | se | helps |\n|---|---|---|---|---|---|")
     print(f"| baseline | {len(b)} | {statistics.fmean(b):.4f} | | | |")
     for label in CANDIDATES:
+        if label not in runs:
+            continue
         xs = runs[label]
         effect = statistics.fmean(xs) - statistics.fmean(b) if xs else math.nan
         se = math.sqrt(statistics.variance(xs) / len(xs) + statistics.variance(b) / len(b)) if len(xs) > 1 and len(b) > 1 else math.inf
@@ -315,6 +326,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="training_seconds of every run")
     ap.add_argument("--hours", type=float, default=1.0, help="length of the survival session")
     ap.add_argument("--premeasured", help="a JSON file from an earlier run (its premeasure part)")
+    ap.add_argument("--only", help="premeasure only these candidates (comma-separated labels), merged into --premeasured")
     ap.add_argument("--out", default=None, help="where to write the JSON results (default: a temp file)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -329,7 +341,7 @@ def main() -> None:
     for part in parts:
         print(f"\n## {part}", flush=True)
         if part == "premeasure":
-            results["premeasure"] = premeasure(work, args)
+            results["premeasure"] = premeasure(work, args, results.get("premeasure"))
         elif part == "keeps":
             if "premeasure" not in results:
                 raise SystemExit("keeps needs premeasure first (run it in --parts, or pass --premeasured FILE)")

@@ -16,6 +16,8 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from lab_helpers import charter, queue_folder
 from ledger import EventKind, Ledger
 
@@ -190,6 +192,7 @@ class Listener:
         os.unlink(self.path)
 
 
+@pytest.mark.slow  # one ~50 s red-team session; each attack class also has a fast test of its own mechanism
 def test_every_attack_is_refused_killed_or_harmless(make_lab, tmp_path):
     lab = make_lab(rules=OFF)
     val_dir = json.loads(subprocess.run([sys.executable, "prepare.py", "verify", "--json"], cwd=lab.root,

@@ -97,7 +97,7 @@ def test_many_changes_are_counted_after_three(led):
     changed = edited(c, decision={"min_improvement": 0.02, "confirmation_runs": 4, "noise_sd": 0.01},
                      sandbox={"max_processes": 64, "max_file_mb": 100})
     line = check_in_force(changed, led.events())
-    assert "decision.confirmation_runs: 2 -> 4; decision.min_improvement: 0.01 -> 0.02; decision.noise_sd: 0.02 -> 0.01; and 2 more)" in line
+    assert "decision.confirmation_runs: 2 -> 4; decision.min_improvement: 0.01 -> 0.02; decision.noise_sd: 0.04 -> 0.01; and 2 more)" in line
 
 
 def test_without_recorded_rules_the_refusal_names_the_hashes(led):

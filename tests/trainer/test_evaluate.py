@@ -148,7 +148,7 @@ class _Evil:
         return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
-@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+@pytest.mark.parametrize("how", ["pickle", pytest.param("torch.save", marks=pytest.mark.slow)])  # one mechanism: the same loader
 def test_malicious_pickle_weights_never_execute(honest, prepared, tmp_path, how):
     run_dir = variant(tmp_path, honest, prepared)
     marker = tmp_path / "PWNED"
