@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.execution import sandbox  # noqa: E402
 from controller.execution.runner import Job, Runner, verify_data  # noqa: E402
-from controller.workspace.lab import find_lab, init_lab  # noqa: E402
-from controller.workspace.preparation import prepare_lab  # noqa: E402
+from labs import bench_lab  # noqa: E402
 
 CONDITIONS = (("wall", False), ("cpu", False), ("wall", True), ("cpu", True))
 KEYS = ("steps", "val_bpb", "wall_s", "cpu_s")
@@ -67,12 +65,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="the training budget (training_seconds)")
     ap.add_argument("--lab", help="an existing prepared lab (default: a new one in a temp dir)")
     args = ap.parse_args()
-    if args.lab:
-        lab = find_lab(args.lab)
-    else:
-        lab = init_lab(Path(tempfile.mkdtemp(prefix="charter-clock-")) / "lab")
-        prepare_lab(lab, quiet=True)
-    print(f"lab: {lab.root} (reuse it with --lab)", flush=True)
+    lab = bench_lab(args.lab, "charter-clock-")
     base = lab.load_constitution()
     level = sandbox.detect_level()[0]
     data = verify_data(lab.root, base)

@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.workspace.lab import find_lab, init_lab  # noqa: E402
-from controller.workspace.preparation import prepare_lab  # noqa: E402
+from labs import bench_lab  # noqa: E402
 
 MODES = ("eager", "compile-cold", "compile-warm")
 
@@ -64,11 +63,7 @@ def main() -> None:
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--lab", help="an existing prepared lab (default: a new one in a temp dir)")
     args = ap.parse_args()
-    if args.lab:
-        lab = find_lab(args.lab)
-    else:
-        lab = init_lab(Path(tempfile.mkdtemp(prefix="charter-bench-")) / "lab")
-        prepare_lab(lab, quiet=True)
+    lab = bench_lab(args.lab, "charter-bench-")
     warm = Path(tempfile.mkdtemp(prefix="charter-bench-warm-"))
     run_once(lab.root, "compile-warm", min(args.budget, 40), warm, False)  # fill the shared cache once
     results: dict[str, list[dict]] = {m: [] for m in MODES}

@@ -85,8 +85,6 @@ NULLS: dict[str, Callable[[str], str]] = {
     "a type annotation": _sub(r"^def lr_multiplier\(progress\):", "def lr_multiplier(progress: float) -> float:"),
     "an always-true assert": _sub(r"^(    grad_accum = .*)$", r"\1\n    assert grad_accum >= 1"),
     "a renamed function": _sub(r"\bapply_rotary\b", "rotate_half_pairs", count=0),
-    "a reworded print": _sub(r'print\(f"profile: \{PROFILE\}', 'print(f"profile = {PROFILE}'),
-    "imports reordered": _sub(r"^import json\nimport math\n", "import math\nimport json\n"),
     "os.getcwd() called": _sub(r"^(    run_dir = os.environ.get.*)$", r"\1\n    _here = os.getcwd()"),
     # moves the random stream (another initialization), so it is only as null as seed noise is
     "a random draw before init": _sub(r"^(    torch.manual_seed\(seed\))$", r"\1\n    _ = torch.rand(1)"),
