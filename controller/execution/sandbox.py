@@ -515,19 +515,17 @@ class _Cgroup:
                     pass
         return sorted(found)
 
-    def usage_bytes(self) -> int:
-        name = "memory.usage_in_bytes" if self.kind == "cgroup-v1" else "memory.current"
+    def _memory(self, v1_name: str, v2_name: str) -> int:
         try:
-            return int(_read(self._f("memory", name)))
+            return int(_read(self._f("memory", v1_name if self.kind == "cgroup-v1" else v2_name)))
         except (OSError, ValueError):
             return 0
 
+    def usage_bytes(self) -> int:
+        return self._memory("memory.usage_in_bytes", "memory.current")
+
     def peak_bytes(self) -> int:
-        name = "memory.max_usage_in_bytes" if self.kind == "cgroup-v1" else "memory.peak"
-        try:
-            return int(_read(self._f("memory", name)))
-        except (OSError, ValueError):
-            return 0
+        return self._memory("memory.max_usage_in_bytes", "memory.peak")
 
     def oom_kills(self) -> int:
         """OOM kills in this group itself (v1 counts locally; v2's local file excludes nested groups)."""
