@@ -100,6 +100,9 @@ CANDIDATES: dict[str, Callable[[str], str]] = {
     # absolute values: applied after "batch halved" or "learning rate x2" was kept, each goes one step further
     "batch quartered": _set(DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=2048),
     "learning rate 9e-3": _set(LEARNING_RATE=9e-3),
+    "batch eighth": _set(DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=1024),
+    "depth 1": _set(DEPTH=1),
+    "no warm-down": _set(WARMDOWN_RATIO=0.0),
 }
 
 

@@ -56,7 +56,8 @@ def _phrase(msg: str) -> str:
 def _loc(loc: tuple[Any, ...]) -> str:
     # pydantic appends validator names like "function-after[...]" for model validators; drop them
     parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
-    return ".".join(parts)
+    # a key is the user's text: one that a plain name can't show (a newline, a quote) is shown quoted
+    return ".".join(p if p.isprintable() and p.strip() == p and p else repr(p) for p in parts)
 
 
 def problems_from_validation(err: ValidationError, label: str) -> list[str]:

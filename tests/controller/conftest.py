@@ -26,7 +26,7 @@ TINY_RULES = {
     "confirmation_runs = 1      # every candidate": "confirmation_runs = 0      # every candidate",
     # one baseline run and no confirmations: the noise-aware rule itself is tested in test_keep_rule
     # and test_noise; sessions that exercise repeats set these back up
-    "baseline_runs = 3 ": "baseline_runs = 1 ",
+    "baseline_runs = 2 ": "baseline_runs = 1 ",
     "confirmation_runs = 2      # a promising": "confirmation_runs = 0      # a promising",
 }
 
