@@ -43,6 +43,7 @@ class GateMetric(StrEnum):
     HARD_CONSTRAINT_VIOLATIONS = "hard_constraint_violations"  # in the window
     MEMORY_SOFT_EXCEEDED = "memory_soft_exceeded"  # experiments over the soft memory limit
     BASELINE_DRIFT = "baseline_drift"  # |re-verified baseline - recorded baseline| in bpb
+    PROPOSER_FAILURES = "proposer_failures"  # failed proposing steps (API errors, no submit, ...) in the window
 
 
 class Strict(BaseModel):
@@ -223,6 +224,15 @@ class Sandbox(Strict):
 class Prices(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    cache_read_per_mtok: float | None = Field(default=None, ge=0)  # None: a tenth of input
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)  # None: 1.25 x input
+
+    def dollars(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> float:
+        """What a call's usage costs at these prices (input_tokens excludes cached tokens, as the API reports)."""
+        read = self.input_per_mtok / 10 if self.cache_read_per_mtok is None else self.cache_read_per_mtok
+        write = self.input_per_mtok * 1.25 if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok
+                + cache_read * read + cache_write * write) / 1e6
 
 
 class Proposer(Strict):
@@ -234,7 +244,24 @@ class Proposer(Strict):
     model: str = ""
     max_tokens_per_call: int = Field(gt=0)
     command: list[str] = Field(default_factory=list)
+    # lab files an agent may read besides the editable ones (never .charter/: the ledger, runs, cache)
+    readable: list[LabPath] = Field(default_factory=lambda: ["program.md", "prepare.py"])
+    max_turns: int = Field(default=20, ge=1, le=500)  # model calls per proposal before it counts as a failure
+    retries: int = Field(default=4, ge=0, le=20)  # retries of a 429 / 5xx / overloaded / connection error per call
+    network: bool = False  # kind = "command": the agent's sandbox may reach the network (its own API)
+    # kind = "command": environment variables passed through to the agent (its API key), by name, and
+    # host paths shown to it read-only (where its program lives: a node_modules tree, a venv)
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = Field(default_factory=list)
+    program_paths: list[Annotated[str, Field(pattern=r"^/")]] = Field(default_factory=list)
     prices: Prices
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> "Proposer":
+        if self.kind == "anthropic" and not self.model:
+            raise ValueError('kind = "anthropic" needs a model (proposer.model, e.g. "claude-sonnet-4-5")')
+        if self.kind == "command" and not self.command:
+            raise ValueError('kind = "command" needs proposer.command, the agent\'s argv (e.g. ["claude", "-p"])')
+        return self
 
 
 class AmendmentTiers(Strict):

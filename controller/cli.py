@@ -12,15 +12,17 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 import constitution
 from controller import audit
+from controller.policy.identity import person_refusal
 from controller.workspace.anchor import newest_anchor
 from controller.live.client import ControllerUnreachable, LiveClient, LiveError
 from controller.workspace.git import GitError
-from controller.workspace.lab import Lab, LabError, find_lab, init_lab
+from controller.workspace.lab import Lab, LabError, ProposerChoice, find_lab, init_lab
 from controller.operators import OperatorRefused, format_status, lab_status, operator_command
 from controller.workspace.preparation import prepare_lab
 from controller.proposers import ProposerError, ProposerOptions, available, make_proposer
@@ -62,7 +64,15 @@ def cmd_constitution_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    lab = init_lab(args.dir, actor=f"person:{args.by}")
+    choice = None
+    if args.proposer or args.model or args.agent_command:
+        kind = args.proposer or ("command" if args.agent_command else "anthropic")
+        if kind == "anthropic" and not args.model:
+            raise UsageError("--proposer anthropic needs --model MODEL (e.g. claude-sonnet-4-5)")
+        if kind == "command" and not args.agent_command:
+            raise UsageError('--proposer command needs --agent-command "ARGV" (e.g. "claude -p")')
+        choice = ProposerChoice(kind, args.model or "", tuple(shlex.split(args.agent_command or "")))
+    lab = init_lab(args.dir, actor=f"person:{args.by}", proposer=choice)
     print(f"lab created at {lab.root}")
     print(f"  constitution: {lab.constitution_path}")
     print(f"  ledger:       {lab.ledger_path}")
@@ -239,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("init", help="create a lab (git repo + constitution + ledger) in an empty DIR")
     sp.add_argument("dir")
     sp.add_argument("--by", default=os.environ.get("USER", "operator"), help="who creates it")
+    sp.add_argument("--proposer", help="proposer kind of version 1 (offline, queue, anthropic, command)")
+    sp.add_argument("--model", help="the agent's model id (kind anthropic; also the command agent's name in the ledger)")
+    sp.add_argument("--agent-command", help='kind command: the agent\'s argv as one string, e.g. "claude -p"')
     sp.set_defaults(func=cmd_init)
 
     lg = sub.add_parser("ledger", help="the lab's tamper-evident record")
@@ -308,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    by = getattr(args, "by", None)
+    if isinstance(by, str) and person_refusal(by):
+        print(f"charter: --by {person_refusal(by)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except constitution.ConstitutionError as e:

@@ -165,6 +165,7 @@ class Proposed(Payload):
     proposer: str = ""
     parent_commit: str = ""
     params: dict[str, float] | None = None
+    lesson: str = ""  # an agent's one-line lesson from the results so far: its journal, bounded
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,13 @@ class AgentCall(Payload):
     cache_write_tokens: int = 0
     dollars: float = 0.0
     seconds: float = 0.0
+    # one Messages call (calls == 1); empty for a proposer that reports one sum per step
+    request_id: str = ""
+    stop_reason: str = ""  # end_turn, tool_use, max_tokens, ... or the error that ended the call
+    latency_ms: float = 0.0
+    tool_calls: int = 0  # tool uses the reply asked for
+    tool_errors: int = 0  # of those, refused or failed (out of scope, malformed input)
+    tool_refusals: list[str] = field(default_factory=list)  # one line each: the tool, its target, why
 
 
 @dataclass(frozen=True)
@@ -425,6 +433,8 @@ def _sql_type(tp: Any) -> Any:
     item = _item_class(tp)
     if item is not None:
         return [{item.JSON_KEYS.get(f.name, f.name): _sql_type(_hints(item)[f.name]) for f in dataclasses.fields(item)}]
+    if typing.get_origin(tp) is list and typing.get_args(tp)[0] in _SQL_TYPES:  # a list of scalars
+        return [_SQL_TYPES[typing.get_args(tp)[0]]]
     raise TypeError(f"no SQL type for {tp!r}")
 
 

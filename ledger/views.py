@@ -63,6 +63,10 @@ VIEW_SUMMARIES: dict[str, str] = {
         "One row per event that put a constitution in force: `lab_created`, `constitution_loaded` "
         "and `amendment_applied`."
     ),
+    "agent_calls": (
+        "One row per `agent_call` event: one Messages call of an agent proposer (its retried "
+        "attempts included), or one step's summed usage for a proposer that reports sums."
+    ),
 }
 
 VIEW_DOCS: dict[str, dict[str, str]] = {
@@ -140,6 +144,27 @@ VIEW_DOCS: dict[str, dict[str, str]] = {
         "version": "The constitution's `meta.version`.",
         "hash": "Canonical hash of the constitution.",
         "reason": "Why it was recorded: lab created, loaded at session start, pins added, amendment applied.",
+    },
+    "agent_calls": {
+        "seq": "seq of the `agent_call` event.",
+        "ts": "UTC time it was recorded (after the proposing step returned).",
+        "session": "Session it was made in.",
+        "experiment": "The experiment the agent was proposing.",
+        "agent": "Who acted: `agent:<model>` (an agent is never a person's `--by`).",
+        "proposer": "Proposer kind that made the call (`anthropic`, ...).",
+        "model": "Model id the call asked for.",
+        "calls": "Model calls this row stands for (1 for an agent proposer; a step's count for summed rows).",
+        "request_id": "The API's request id (`request-id` header); empty when the request never got an answer.",
+        "stop_reason": "The reply's stop reason (`tool_use`, `end_turn`, `max_tokens`, ...), or `error: ...` for a failed attempt.",
+        "input_tokens": "Input tokens billed at the input price (cached tokens not included, as the API reports).",
+        "output_tokens": "Output tokens.",
+        "cache_read_tokens": "Input tokens read from the prompt cache.",
+        "cache_write_tokens": "Input tokens written to the prompt cache.",
+        "dollars": "The call's cost at the constitution's prices (`proposer.prices`).",
+        "latency_ms": "Milliseconds from the request to its answer (or failure).",
+        "tool_calls": "Tool uses the reply asked for.",
+        "tool_errors": "Of those, the ones refused by the tool scope or malformed.",
+        "tool_refusals": "One line per refused tool call (`tool(path): why`), joined by `; `.",
     },
 }
 
@@ -317,6 +342,27 @@ FROM (
 )
 """
 
+_AGENT_CALL = P.json_shape((P.AgentCall, (
+    "proposer", "model", "calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "dollars", "seconds", "request_id", "stop_reason", "latency_ms", "tool_calls", "tool_errors", "tool_refusals")))
+
+_AGENT_CALLS = f"""
+CREATE OR REPLACE TEMP VIEW agent_calls AS
+SELECT seq, ts, session, experiment, actor AS agent, p.proposer AS proposer, p.model AS model,
+       CAST(p.calls AS BIGINT) AS calls, p.request_id AS request_id, p.stop_reason AS stop_reason,
+       CAST(p.input_tokens AS BIGINT) AS input_tokens, CAST(p.output_tokens AS BIGINT) AS output_tokens,
+       CAST(p.cache_read_tokens AS BIGINT) AS cache_read_tokens, CAST(p.cache_write_tokens AS BIGINT) AS cache_write_tokens,
+       p.dollars AS dollars,
+       coalesce(nullif(p.latency_ms, 0), p.seconds * 1000) AS latency_ms,
+       CAST(p.tool_calls AS BIGINT) AS tool_calls, CAST(p.tool_errors AS BIGINT) AS tool_errors,
+       array_to_string(p.tool_refusals, '; ') AS tool_refusals
+FROM (
+    SELECT seq, ts, session, experiment, actor, from_json(body, '{_AGENT_CALL}').payload AS p
+    FROM events
+    WHERE kind = 'agent_call'
+)
+"""
+
 _CONSTITUTIONS = f"""
 CREATE OR REPLACE TEMP VIEW constitutions AS
 SELECT seq, ts, session,
@@ -342,6 +388,7 @@ VIEW_SQL: dict[str, str] = {
     "gate_transitions": _GATE_TRANSITIONS,
     "budgets": _BUDGETS,
     "constitutions": _CONSTITUTIONS,
+    "agent_calls": _AGENT_CALLS,
 }
 
 VIEWS: tuple[str, ...] = tuple(VIEW_DOCS)

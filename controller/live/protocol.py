@@ -24,6 +24,7 @@ from pathlib import Path, PurePath
 from typing import Any, ClassVar, Protocol
 
 from controller.live.status import StatusSnapshot
+from controller.policy.identity import person_refusal
 from ledger import Event
 
 PROTOCOL_VERSION = 1
@@ -194,6 +195,8 @@ class NoteRequest(Request):
     def check(self) -> None:
         if not self.by.strip() or not self.text.strip():
             raise ProtocolError("op 'note' needs a non-empty `by` and `text`")
+        if person_refusal(self.by):
+            raise ProtocolError(f"op 'note': {person_refusal(self.by)}")
         if len(self.text) > MAX_NOTE_CHARS:
             raise ProtocolError(f"op 'note': text is longer than {MAX_NOTE_CHARS} characters")
 
@@ -210,6 +213,8 @@ class CommandRequest(Request):
     def check(self) -> None:
         if not self.by.strip():
             raise ProtocolError(f"op {self.op!r} needs a non-empty `by` (who)")
+        if person_refusal(self.by):
+            raise ProtocolError(f"op {self.op!r}: {person_refusal(self.by)}")
         if self.op == "resume" and not self.reason.strip():
             raise ProtocolError("op 'resume' needs a reason: only a person with a reason leaves STOP or a pause")
 

@@ -21,12 +21,14 @@ from ledger.payloads import GateTransition
 
 RAN = frozenset(Decision.group("ran"))
 FAILED = frozenset(Decision.group("failed"))
+# a failed proposing step takes a place in the outcome history (it is not an experiment: never `ran`)
+PROPOSER_FAILED = "proposer_failed"
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One decided experiment, as the gate rules see it."""
+    """One decided experiment (or a failed proposing step, decision "proposer_failed"), as the gate rules see it."""
 
     decision: str
     hard_violation: bool = False
@@ -77,6 +79,8 @@ def metric_value(metric: GateMetric, window: int, outcomes: list[Outcome], budge
         return sum(o.hard_violation for o in recent)
     if metric == GateMetric.MEMORY_SOFT_EXCEEDED:
         return sum(o.memory_soft_exceeded for o in recent)
+    if metric == GateMetric.PROPOSER_FAILURES:
+        return sum(o.decision == PROPOSER_FAILED for o in recent)
     if metric == GateMetric.BASELINE_DRIFT:
         drifts = [o.baseline_drift for o in recent if o.baseline_drift is not None]
         return abs(drifts[-1]) if drifts else 0.0

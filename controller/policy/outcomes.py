@@ -55,6 +55,9 @@ def freeze_action(held_by_operator: bool, firing: list[Firing], repairs_done: in
         return FreezeAction(FreezeStep.WAIT)
     if any(f.metric == "budget_burn" for f in firing):
         return FreezeAction(FreezeStep.END, "gate at FREEZE: budget exhausted")
+    failing = [f for f in firing if f.metric == "proposer_failures"]
+    if failing:  # a repair run re-measures the baseline; it can't fix the agent
+        return FreezeAction(FreezeStep.END, f"gate at FREEZE: the proposer keeps failing ({failing[0].evidence()})")
     if repairs_done >= max_repairs:
         return FreezeAction(FreezeStep.END, f"gate at FREEZE after {max_repairs} repair runs; the condition has not cleared")
     return FreezeAction(FreezeStep.REPAIR)

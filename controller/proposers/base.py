@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 # What one proposer step spent, summed over its model calls: the ledger's own `agent_call` payload,
 # so the contract is written once. The proposer leaves `proposer` empty; the session fills it in.
@@ -30,12 +30,16 @@ class Proposal:
     source: str = ""  # where it came from (e.g. the queue entry), for resuming and the ledger
     params: dict[str, float] | None = None  # the hyperparameters it sets, when known
     malformed: str | None = None  # the proposer knows this entry is unusable: refused, never staged
+    lesson: str = ""  # an agent's one-line lesson from the results so far (its journal entry)
 
 
 @dataclass(frozen=True)
 class ProposerResult:
-    proposal: Proposal | None  # None: nothing more to propose
-    usage: AgentUsage | None = None
+    proposal: Proposal | None  # None: nothing more to propose (unless failure or out_of_budget says why)
+    usage: AgentUsage | None = None  # one summed record for the step
+    calls: tuple[AgentUsage, ...] = ()  # or one record per model call, each ledgered as its own agent_call
+    failure: str | None = None  # the step failed (recorded as proposer_failed, with its calls)
+    out_of_budget: str | None = None  # "agent_tokens" or "agent_dollars": a call was not made; proposing ends
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class HistoryItem:
     runs: tuple[float, ...] = ()  # every scored run of it (confirmations included)
     threshold: float | None = None  # the improvement it had to reach to be kept
     noise_sd: float | None = None  # the run-to-run sd the keep rule assumed for it
+    lesson: str = ""  # the agent's journal line written with this proposal
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,12 @@ class ProposalContext:
     deadline: float | None = None  # time.time() by which the proposer must return
     budget: AgentBudget | None = None
     lab_history: list[HistoryItem] = field(default_factory=list)  # earlier sessions of this lab, oldest first
+    # text of the lab files an agent may read besides the editable ones (proposer.readable, from the
+    # work tree at the incumbent), program.md among them
+    readable: dict[str, str] = field(default_factory=dict)
+    # (experiment of this session, max bytes) -> the raw tail of its first run's training log, or None;
+    # untrusted: an agent sees it only through brief.untrusted
+    run_log: Callable[[int, int], str | None] | None = None
 
 
 class Proposer(Protocol):
@@ -96,13 +107,19 @@ def as_result(value: ProposerResult | Proposal | None) -> ProposerResult:
         _check_proposal(value.proposal)
     if value.usage is not None:
         _check_usage(value.usage)
+    for call in value.calls:
+        _check_usage(call)
+    if value.failure is not None and not isinstance(value.failure, str):
+        raise TypeError("ProposerResult.failure must be text or None")
+    if value.out_of_budget not in (None, "agent_tokens", "agent_dollars"):
+        raise TypeError("ProposerResult.out_of_budget must be None, 'agent_tokens' or 'agent_dollars'")
     return value
 
 
 def _check_proposal(p: Proposal) -> None:
     if not isinstance(p, Proposal):
         raise TypeError(f"the proposer's result holds a {type(p).__name__}, not a Proposal")
-    for name in ("description", "hypothesis", "source"):
+    for name in ("description", "hypothesis", "source", "lesson"):
         if not isinstance(getattr(p, name), str):
             raise TypeError(f"Proposal.{name} must be text, not {type(getattr(p, name)).__name__}")
     for name in ("patch", "malformed"):

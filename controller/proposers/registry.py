@@ -21,6 +21,8 @@ ENTRY_POINT_GROUP = "charter.proposers"
 BUILTIN = {
     "offline": "controller.proposers.offline:build",
     "queue": "controller.proposers.queue:build",
+    "anthropic": "controller.proposers.anthropic_agent:build",
+    "command": "controller.proposers.command:build",
 }
 
 

@@ -33,6 +33,7 @@ from transitions import MachineError
 import constitution
 from constitution import Constitution, GateState
 from controller.execution import sandbox
+from controller.execution.run_files import RunFileRefused, read_run_file
 from controller.execution.runner import (
     Job, PrepareError, RunOutcome, Runner, data_problems, immutable_problems, time_claim, training_kill_seconds,
     verify_data,
@@ -40,7 +41,8 @@ from controller.execution.runner import (
 from controller.live.server import LiveServer
 from controller.live.status import Inflight, Progress, SessionView, build_status
 from controller.policy import budgets, keep_rule, noise
-from controller.policy.gates import GateMachine, Outcome, Transition, firing_rules, restore_gate, transition_payload
+from controller.policy.gates import PROPOSER_FAILED, GateMachine, Outcome, Transition, firing_rules, restore_gate, transition_payload
+from controller.policy.identity import agent_identity
 from controller.policy.in_force import check_in_force
 from controller.policy.outcomes import (
     MAX_PROPOSER_FAILURES, FreezeStep, budget_stop, decision_for_failed_run, freeze_action, keep_rule_for, outcome_of,
@@ -128,6 +130,7 @@ class Session:
         self.stop_requested = threading.Event()
         self.commands: queue.Queue[Command] = queue.Queue()
         self.level = ""
+        self.proposed: tuple[int, P.Proposed] | None = None  # the experiment in hand and its proposed event
         self.proposer_overran = False  # a proposer thread abandoned at its deadline: never call it again
         self._decided_through = -1  # the highest experiment number with a decision this run
         self._day_events: list[Event] = []
@@ -227,6 +230,14 @@ class Session:
 
     def _burn(self) -> float:
         return budgets.burn(self.session_usage(utc_now()), self.rules.budgets.session)[0]
+
+    def _tighter(self, resource: str, now: datetime) -> tuple[str, budgets.Usage]:
+        """The period ("session" or "day") with less of `resource` left, and its usage."""
+        s, d = self.session_usage(now), self.day_usage(now)
+        ls, ld = self.rules.budgets.session, self.rules.budgets.day
+        left_s = getattr(ls, resource) - getattr(s, resource)
+        left_d = getattr(ld, resource) - getattr(d, resource)
+        return ("session", s) if left_s <= left_d else ("day", d)
 
     def _agent_budget(self) -> AgentBudget:
         now = utc_now()
@@ -392,6 +403,12 @@ class Session:
                 if s.proposer_failures >= MAX_PROPOSER_FAILURES:
                     return f"the {self.proposer.name} proposer failed {s.proposer_failures} times in a row (see its proposer_failed events)"
                 continue
+            if result.out_of_budget is not None:  # the proposer did not make a call the budgets can't pay
+                resource, now = result.out_of_budget, utc_now()
+                period, usage = self._tighter(resource, now)
+                self.record(P.BudgetExhausted(period, resource, usage.as_dict()), rule=f"budgets.{period}")
+                self.evaluate_gates()
+                return f"{period} budget for {resource} would be exceeded by the next agent call; proposing ended"
             if self.stop_requested.is_set():
                 continue  # a stop came while the proposer thought: nothing starts
             if result.proposal is None:
@@ -435,8 +452,10 @@ class Session:
         # thread abandoned at its deadline may still be writing there)
         scratch = Path(tempfile.mkdtemp(prefix="charter-propose-"))
         files = self._copy_editable(scratch)
+        n = s.experiment + 1
         ctx = ProposalContext(scratch, list(self.rules.scope.editable), files, list(s.history), s.best_bpb,
-                              s.experiment + 1, started + limit, self._agent_budget(), list(s.lab_history))
+                              n, started + limit, self._agent_budget(), list(s.lab_history),
+                              readable=self._readable(), run_log=self._run_log)
         value, error, self.proposer_overran = _call_with_deadline(self.proposer.propose, ctx, limit, cleanup=scratch)
         seconds = time.time() - started
         self.set_inflight(None)
@@ -446,14 +465,55 @@ class Session:
                 result = as_result(value)
             except TypeError as e:
                 error = f"malformed result: {e}"
-        if result is not None and result.usage is not None:
-            self.record(dataclasses.replace(result.usage, proposer=self.proposer.name, seconds=result.usage.seconds or round(seconds, 3)))
+        if result is not None:
+            self.recorder.record_many([(dataclasses.replace(call, proposer=self.proposer.name),
+                                        self.agent_actor(call.model), {"experiment": n}) for call in result.calls])
+            if result.usage is not None:
+                self.record(dataclasses.replace(result.usage, proposer=self.proposer.name,
+                                                seconds=result.usage.seconds or round(seconds, 3)),
+                            actor=self.agent_actor(result.usage.model), experiment=n)
+            if result.failure is not None and result.out_of_budget is None:
+                error = result.failure
         if error is not None:
             s.proposer_failures += 1
-            self.record(P.ProposerFailed(self.proposer.name, error[:2000], round(seconds, 3)))
+            self.record(P.ProposerFailed(self.proposer.name, error[:2000], round(seconds, 3)), experiment=n)
+            s.outcomes.append(Outcome(PROPOSER_FAILED))
+            self.evaluate_gates()
             return None
         s.proposer_failures = 0
         return result
+
+    def agent_actor(self, model: str) -> str:
+        """Who the ledger says acted: `agent:<model>` for a model's calls and proposals (an agent can
+        never be the `--by` of a person's command), else the controller."""
+        return agent_identity(model) if model else CONTROLLER
+
+    def _readable(self) -> dict[str, str]:
+        """Text of the lab files an agent may read besides the editable ones: plain files inside the
+        lab, at most 1 MB each; a link or anything else is left out, never followed."""
+        out = {}
+        for rel in self.rules.proposer.readable:
+            path = self.lab.root / rel
+            try:
+                if path.resolve() != self.lab.root.resolve() / rel:  # a link somewhere on the way
+                    continue
+                if path.is_file() and path.stat().st_size <= 1_000_000:
+                    out[rel] = path.read_text(errors="replace")
+            except (OSError, RuntimeError):
+                continue
+        return out
+
+    def _run_log(self, experiment: int, max_bytes: int) -> str | None:
+        """The raw tail of the training log of this session's experiment (its first run), or None;
+        read without following links (the run wrote it)."""
+        if not isinstance(experiment, int) or not 0 <= experiment <= self.state.experiment:
+            return None
+        run_dir = self.lab.runs_dir / self.state.id / f"{experiment:04d}-1"
+        try:
+            data = read_run_file(run_dir, "train.log", sandbox.LOG_CAP_BYTES + 4096)
+        except (RunFileRefused, OSError, ValueError):
+            return None
+        return data[-max(0, max_bytes):].decode("utf-8", "replace")
 
     def _copy_editable(self, scratch: Path) -> dict[str, str]:
         """Copy the editable files (plain files only) into the proposer's scratch dir; their text."""
@@ -534,9 +594,11 @@ class Session:
         parent = git.head()
         base = about(proposal)
         self.set_inflight(Inflight(n, proposal.description, "harm test", time.time()))
-        self.record(P.Proposed(description=proposal.description[:500], hypothesis=proposal.hypothesis[:2000],
-                               source=proposal.source, proposer=self.proposer.name, parent_commit=parent,
-                               params=proposal.params), experiment=n, commit_sha=parent)
+        proposed = P.Proposed(description=proposal.description[:500], hypothesis=proposal.hypothesis[:2000],
+                              source=proposal.source, proposer=self.proposer.name, parent_commit=parent,
+                              params=proposal.params, lesson=proposal.lesson[:300])
+        self.proposed = (n, proposed)  # its history item carries the agent's lesson
+        self.record(proposed, experiment=n, commit_sha=parent, actor=self.agent_actor(getattr(self.proposer, "model", "")))
         staged = stage_step(self.lab.root, proposal)
         refused = staged if isinstance(staged, Refused) else harm_step(staged, self.rules.scope)
         if refused is not None:
@@ -658,7 +720,8 @@ class Session:
         self._decided_through = max(self._decided_through, n)
         s = self.state
         s.outcomes.append(outcome_of(decision, payload))
-        s.history.append(history_item(None, payload, decision, bpb, s.id, n))
+        proposed = self.proposed[1] if self.proposed and self.proposed[0] == n else None
+        s.history.append(history_item(proposed, payload, decision, bpb, s.id, n))
         self.inflight = None
         self.evaluate_gates()
 

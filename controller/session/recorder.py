@@ -18,6 +18,7 @@ from typing import Any
 
 from controller.live.status import write_status
 from ledger import Event, EventKind, Ledger
+from ledger.record import Draft
 from ledger.payloads import Payload
 
 CONTROLLER = "controller"
@@ -46,6 +47,22 @@ class Recorder:
             self._new_event.notify_all()
         self._maybe_fault(ev.kind)
         return ev
+
+    def record_many(self, items: list[tuple[Payload, str, dict[str, Any]]]) -> list[Event]:
+        """Append (payload, actor, typed columns) items in one transaction, then publish once: a
+        proposing step's agent calls cost one ledger write, not one per call."""
+        if not items:
+            return []
+        with self._lock:
+            events = self.led.append_many(
+                Draft(p.KIND, actor, self.session, p.to_json(), **typed) for p, actor, typed in items)
+            self.session_events.extend(events)
+            self._head_seq = events[-1].seq
+            self._publish_locked()
+            self._new_event.notify_all()
+        for ev in events:
+            self._maybe_fault(ev.kind)
+        return events
 
     def publish(self) -> None:
         """Publish the status now (e.g. when the step in flight changes without an event)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.live.status import Progress, session_progress
-from controller.policy.gates import Outcome
+from controller.policy.gates import PROPOSER_FAILED, Outcome
 from controller.policy.outcomes import outcome_of
 from controller.proposers.base import HistoryItem
 from ledger import Decision, EventKind
@@ -29,7 +29,7 @@ def history_item(proposed: Proposed | None, decided: Decided, decision: Decision
         source=p.source or decided.source, params=decided.params if decided.params is not None else p.params,
         improvement=decided.improvement, reason=decided.reason, rule=decided.refusal_rule,
         session=session, experiment=experiment, runs=tuple(decided.runs), threshold=decided.threshold,
-        noise_sd=decided.noise_sd,
+        noise_sd=decided.noise_sd, lesson=p.lesson,
     )
 
 
@@ -50,8 +50,9 @@ def lab_history(events: Iterable[Any], exclude_session: str | None = None) -> li
 
 
 def lab_outcomes(events: Iterable[Any]) -> list[Outcome]:
-    """Every decided experiment of the lab, oldest first, for the gate rules."""
-    return [outcome_of(e.decision, Decided.from_json(e.payload)) for e in events if e.kind == EventKind.DECIDED]
+    """Every decided experiment and failed proposing step of the lab, oldest first, for the gate rules."""
+    return [outcome_of(e.decision, Decided.from_json(e.payload)) if e.kind == EventKind.DECIDED else Outcome(PROPOSER_FAILED)
+            for e in events if e.kind in (EventKind.DECIDED, EventKind.PROPOSER_FAILED)]
 
 
 def open_session(events: Iterable[Any]) -> Any | None:

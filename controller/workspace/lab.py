@@ -113,7 +113,39 @@ def set_pins(text: str, pins: dict[tuple[str, ...], str]) -> str:
     return tomlkit.dumps(doc)
 
 
-def init_lab(root: str | Path, actor: str = "operator") -> Lab:
+# Default prices (dollars per million tokens: input, output) by model family, written commented into a
+# new lab's constitution; the lab's own numbers are what the ledger counts, so check them.
+MODEL_PRICES = {"opus": (5.0, 25.0), "sonnet": (3.0, 15.0), "haiku": (1.0, 5.0)}
+
+
+@dataclass(frozen=True)
+class ProposerChoice:
+    """What `charter init --proposer ...` puts in version 1 of the constitution."""
+
+    kind: str
+    model: str = ""
+    command: tuple[str, ...] = ()
+
+
+def set_proposer(text: str, choice: ProposerChoice) -> str:
+    """Constitution text with the [proposer] section set to `choice`, comments and layout kept.
+    For a model of a known family the prices are set to that family's, with a comment saying so."""
+    doc = tomlkit.parse(text)
+    section = doc["proposer"]
+    section["kind"] = choice.kind
+    if choice.model:
+        section["model"] = choice.model
+    if choice.command:
+        section["command"] = list(choice.command)
+    family = next((f for f in MODEL_PRICES if f in choice.model.lower()), None)
+    if family:
+        prices = section["prices"]
+        prices["input_per_mtok"], prices["output_per_mtok"] = MODEL_PRICES[family]
+        prices["input_per_mtok"].comment(f"default for the {family} family; check your plan's prices")
+    return tomlkit.dumps(doc)
+
+
+def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice | None = None) -> Lab:
     root = Path(root).absolute()
     if root.exists() and not root.is_dir():
         raise LabError(f"{root} exists and is not a directory")
@@ -122,7 +154,7 @@ def init_lab(root: str | Path, actor: str = "operator") -> Lab:
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        return _populate(Lab(root), actor)
+        return _populate(Lab(root), actor, proposer)
     except BaseException:
         # leave nothing half-made behind: the directory was empty (or absent) before
         if created:
@@ -136,7 +168,7 @@ def init_lab(root: str | Path, actor: str = "operator") -> Lab:
         raise
 
 
-def _populate(lab: Lab, actor: str) -> Lab:
+def _populate(lab: Lab, actor: str, proposer: ProposerChoice | None = None) -> Lab:
     root = lab.root
 
     for name, data in template_files().items():
@@ -148,6 +180,9 @@ def _populate(lab: Lab, actor: str) -> Lab:
     if missing:
         raise LabError(f"the trainer template lacks immutable file(s): {', '.join(missing)}")
     text = set_pins(text, {("evaluation", "immutable", p): file_sha256(root / p) for p in immutable})
+    if proposer is not None:
+        text = set_proposer(text, proposer)
+        constitution.parse_text(text, "constitution.toml")  # a bad choice is refused before anything is made
     lab.constitution_path.write_text(text)
     rules = lab.load_constitution()
 

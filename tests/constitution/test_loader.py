@@ -42,7 +42,8 @@ BAD = [
      "default.toml: budgets.experiment: memory_soft_mb must not exceed memory_hard_mb"),
     ('metric = "crashes"', 'metric = "crash_count"',
      "default.toml: gates.rules.1.metric: must be 'crash_streak', 'crashes', 'refusals', 'stagnation', "
-     "'budget_burn', 'integrity_failures', 'hard_constraint_violations', 'memory_soft_exceeded' or 'baseline_drift'"),
+     "'budget_burn', 'integrity_failures', 'hard_constraint_violations', 'memory_soft_exceeded', 'baseline_drift' "
+     "or 'proposer_failures'"),
     ('target = "FREEZE"', 'target = "PANIC"',
      "default.toml: gates.rules.1.target: must be 'RUN', 'THROTTLE', 'FREEZE' or 'STOP'"),
     ('target = "FREEZE"', 'target = "RUN"',
