@@ -50,7 +50,11 @@ class Firing:
 
 
 def metric_value(metric: GateMetric, window: int, outcomes: list[Outcome], budget_burn: float) -> float:
-    """The value of one gate metric over the last `window` outcomes (oldest first)."""
+    """The value of one gate metric over the last `window` outcomes (oldest first). Failed
+    proposing steps count only for `proposer_failures`: a flapping API must not push crashes or
+    refusals out of the other rules' windows."""
+    if metric != GateMetric.PROPOSER_FAILURES:
+        outcomes = [o for o in outcomes if o.decision != PROPOSER_FAILED]
     recent = outcomes[-window:]
     ran = [o for o in recent if o.decision in RAN]
     if metric == GateMetric.CRASH_STREAK:
@@ -145,8 +149,11 @@ class GateMachine:
     def gate(self) -> GateState:
         return GateState(self.state)
 
-    def evaluate(self, rules: list[GateRule], outcomes: list[Outcome], budget_burn: float, probation: int) -> Transition | None:
-        """Apply the rules after an experiment; return the transition made, if any."""
+    def evaluate(self, rules: list[GateRule], outcomes: list[Outcome], budget_burn: float, probation: int,
+                 escalate_only: bool = False) -> Transition | None:
+        """Apply the rules after an experiment; return the transition made, if any. With
+        `escalate_only` (after a failed proposing step, which is no clear experiment) the gate
+        may only move up."""
         if self.gate == GateState.STOP:
             return None  # only a person leaves STOP
         fired = firing_rules(rules, outcomes, budget_burn)
@@ -158,7 +165,7 @@ class GateMachine:
             self.clear_streak = 0
             names = [f for f in fired if f.target == target]
             return Transition(source, target, ", ".join(f.rule for f in names), "; ".join(f.evidence() for f in names), "controller")
-        if GATE_SEVERITY[target] == here or self.held_by_operator:
+        if GATE_SEVERITY[target] == here or self.held_by_operator or escalate_only:
             self.clear_streak = 0
             return None
         self.clear_streak += 1

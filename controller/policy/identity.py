@@ -21,7 +21,7 @@ def person_refusal(by: str) -> str | None:
     name = by.strip()
     if not name:
         return "`by` must name a person"
-    if name.casefold().startswith(AGENT_PREFIX) or name.casefold().replace(" ", "").startswith(AGENT_PREFIX):
+    if "".join(name.casefold().split()).startswith(AGENT_PREFIX):
         return f"{name!r} is an agent's identity: agents can't resume, note, pause, stop or ratify"
     if name.casefold() in RESERVED:
         return f"{name!r} is the controller's own identity, not a person's"

@@ -68,12 +68,13 @@ class ToolScope:
     refusals: list[str] = field(default_factory=list)  # every refused call of the step, one line each
     submitted: Proposal | None = None
 
-    def call(self, name: str, arguments: Any) -> tuple[str, bool]:
+    def call(self, name: Any, arguments: Any) -> tuple[str, bool]:
         """(result text, is_error) for one tool use; a refusal is recorded in `refusals`."""
+        name = name if isinstance(name, str) else repr(name)
         try:
             args = _checked(name, arguments)
             return getattr(self, f"_{name}")(**args), False
-        except ToolError as e:
+        except (ToolError, OSError, ValueError) as e:  # a write the disk refuses is the model's error result too
             target = arguments.get("path", "") if isinstance(arguments, dict) and isinstance(arguments.get("path"), str) else ""
             self.refusals.append(brief.clean(f"{name}({target}): {e}", 200))
             return f"error: {e}", True
@@ -154,6 +155,14 @@ class ToolScope:
         return out
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _normal(path: str) -> str:
     p = PurePosixPath(path.strip())
     if p.is_absolute() or ".." in p.parts or not p.parts:
@@ -179,6 +188,8 @@ def _checked(name: str, arguments: Any) -> dict[str, Any]:
         want = _TYPES[spec["type"]]
         if not isinstance(value, want) or isinstance(value, bool):
             raise ToolError(f"{name}: {key} must be a {spec['type']}")
+        if want is str and not _encodable(value):
+            raise ToolError(f"{name}: {key} is not valid Unicode text (a lone surrogate)")
         if want is int and not (spec.get("minimum", value) <= value <= spec.get("maximum", value)):
             raise ToolError(f"{name}: {key} must be between {spec.get('minimum')} and {spec.get('maximum')}")
     return arguments

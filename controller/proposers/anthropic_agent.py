@@ -8,8 +8,8 @@ from the `history` tool. Every tool is answered by `agent_tools.ToolScope`, neve
 
 Each Messages call becomes one `AgentCall` (model, request id, stop reason, tokens, dollars at the
 constitution's prices, latency, tool calls and refusals), which the session ledgers. Before every
-call the worst case it could cost (the prompt so far, estimated, plus `max_tokens_per_call`
-output) is checked against what the session's and the day's agent budgets have left: a call that
+call the worst case it could cost (the prompt so far, bounded by its bytes, plus
+`max_tokens_per_call` output) is checked against what the session's and the day's agent budgets have left: a call that
 could exceed them is not made and the step reports `out_of_budget`. 429, 5xx, overloaded and
 connection errors are retried with bounded exponential backoff, each attempt ledgered; every
 other failure (an error status, an empty or refused answer, no `submit` within `max_turns`) ends
@@ -35,7 +35,6 @@ from controller.proposers.base import AgentUsage, ProposalContext, ProposerResul
 from controller.proposers.registry import ProposerError, ProposerOptions
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-CHARS_PER_TOKEN = 3.0  # a conservative guess for the budget check: code and JSON run denser than prose
 JOURNAL_LINES = 12
 BACKOFF_CAP_S = 30.0
 CALL_TIMEOUT_S = 300.0
@@ -59,19 +58,26 @@ class AnthropicProposer:
                  sleep: Callable[[float], None] = time.sleep):
         self.rules, self.client, self.backoff_s, self.sleep = rules, client, backoff_s, sleep
         self.model = rules.proposer.model
-        self.system = [{"type": "text", "text": brief.system_prompt("", rules), "cache_control": {"type": "ephemeral"}}]
         self.tools = [dict(t) for t in TOOLS]
         self.tools[-1] = dict(self.tools[-1], cache_control={"type": "ephemeral"})
 
     # -- one proposing step ---------------------------------------------------------------------
     def propose(self, ctx: ProposalContext) -> ProposerResult:
+        calls: list[AgentUsage] = []
+        try:
+            return self._propose(ctx, calls)
+        except Exception as e:  # whatever breaks, the calls made so far are still ledgered and paid for
+            return ProposerResult(None, calls=tuple(calls), failure=f"the agent step broke: {type(e).__name__}: {brief.clean(str(e), 200)}")
+
+    def _propose(self, ctx: ProposalContext, calls: list[AgentUsage]) -> ProposerResult:
         p = self.rules.proposer
         scope = ToolScope(ctx, list(p.readable))
-        system = [dict(self.system[0], text=brief.system_prompt(ctx.readable.get("program.md", ""), self.rules))]
+        system = [{"type": "text", "text": brief.system_prompt(ctx.readable.get("program.md", ""), self.rules),
+                   "cache_control": {"type": "ephemeral"}}]
         messages: list[dict[str, Any]] = [{"role": "user", "content": first_message(ctx, self.rules)}]
-        calls: list[AgentUsage] = []
+        sent = None  # messages the last answered request carried
         for _ in range(p.max_turns):
-            over = self._over_budget(ctx, calls, system, messages)
+            over = self._over_budget(ctx, calls, system, messages, sent)
             if over:
                 return ProposerResult(None, calls=tuple(calls), out_of_budget=over)
             if ctx.deadline is not None and time.time() > ctx.deadline - 5:
@@ -79,6 +85,7 @@ class AnthropicProposer:
             reply, failure = self._call(ctx, system, messages, calls)
             if reply is None:
                 return ProposerResult(None, calls=tuple(calls), failure=failure)
+            sent = len(messages)
             content = [block.model_dump(exclude_none=True) for block in reply.content]
             uses = [b for b in reply.content if getattr(b, "type", "") == "tool_use"]
             if reply.stop_reason == "refusal":
@@ -121,16 +128,17 @@ class AnthropicProposer:
 
     def _attempt(self, ctx: ProposalContext, system, messages) -> Attempt:
         p = self.rules.proposer
-        timeout = CALL_TIMEOUT_S if ctx.deadline is None else max(1.0, min(CALL_TIMEOUT_S, ctx.deadline - time.time()))
+        # the call must end before the step's deadline, with room to return its result
+        timeout = CALL_TIMEOUT_S if ctx.deadline is None else max(1.0, min(CALL_TIMEOUT_S, ctx.deadline - time.time() - 5))
         started = time.perf_counter()
         try:
             reply = self.client.messages.create(model=self.model, max_tokens=p.max_tokens_per_call, system=system,
-                                                tools=self.tools, messages=messages, timeout=timeout)
+                                                tools=self.tools, messages=_cache_last_turn(messages), timeout=timeout)
         except anthropic.APIStatusError as e:
-            kind = _error_type(e)
+            kind, message = _error_body(e)
             retry = e.status_code in RETRYABLE_STATUS or kind == "overloaded_error"
             return Attempt(None, self._usage(None, started, f"error: {e.status_code} {kind}".strip(), _request_id(e)),
-                           retry, f"{e.status_code} {kind}: {brief.clean(_error_message(e), 200)}", _retry_after(e))
+                           retry, f"{e.status_code} {kind}: {brief.clean(message, 200)}", _retry_after(e))
         except anthropic.APIConnectionError as e:  # timeouts included
             what = "timeout" if isinstance(e, anthropic.APITimeoutError) else "connection error"
             return Attempt(None, self._usage(None, started, f"error: {what}"), True, f"{what}: {brief.clean(str(e), 200)}")
@@ -151,17 +159,24 @@ class AnthropicProposer:
                           request_id=request_id or "", stop_reason=stop[:80], latency_ms=round(seconds * 1000, 2),
                           tool_calls=tool_calls)
 
-    def _over_budget(self, ctx: ProposalContext, calls: list[AgentUsage], system, messages) -> str | None:
-        """The budget the next call could exceed in the worst case, or None."""
+    def _over_budget(self, ctx: ProposalContext, calls: list[AgentUsage], system, messages, sent: int | None) -> str | None:
+        """The budget the next call could exceed in the worst case, or None. The prompt's tokens
+        are bounded by its UTF-8 bytes (no token is shorter than a byte): the whole request's before
+        the first answer, then the last answer's reported input plus the bytes added since."""
         if ctx.budget is None:
             return None
         prices, out = self.rules.proposer.prices, self.rules.proposer.max_tokens_per_call
-        prompt = len(json.dumps([system, self.tools, messages])) / CHARS_PER_TOKEN
+        answered = [c for c in calls if c.request_id and not c.stop_reason.startswith("error")]
+        if answered and sent is not None:
+            last = answered[-1]
+            prompt = (last.input_tokens + last.cache_read_tokens + last.cache_write_tokens + last.output_tokens
+                      + len(json.dumps(messages[sent:]).encode()))
+        else:
+            prompt = len(json.dumps([system, self.tools, messages]).encode())
         spent_tokens = sum(c.input_tokens + c.output_tokens + c.cache_read_tokens + c.cache_write_tokens for c in calls)
         if spent_tokens + prompt + out > ctx.budget.tokens:
             return "agent_tokens"
-        worst_in = max(prices.input_per_mtok, prices.cache_write_per_mtok or prices.input_per_mtok * 1.25)
-        worst = (prompt * worst_in + out * prices.output_per_mtok) / 1e6
+        worst = prices.dollars(0, out) + prompt * max(prices.dollars(1, 0), prices.dollars(0, 0, 0, 1))
         if sum(c.dollars for c in calls) + worst > ctx.budget.dollars:
             return "agent_dollars"
         return None
@@ -187,16 +202,21 @@ def _with_tools(call: AgentUsage, refusals: list[str]) -> AgentUsage:
     return dataclasses.replace(call, tool_errors=call.tool_errors + len(refusals), tool_refusals=list(call.tool_refusals) + refusals)
 
 
-def _error_type(e: anthropic.APIStatusError) -> str:
-    body = e.body if isinstance(e.body, dict) else {}
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
-    return str(err.get("type") or "")[:60]
+def _cache_last_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with a cache breakpoint on the last block, so the next turn reads the
+    transcript so far from the cache (the system prompt and the tools hold the other two)."""
+    last = dict(messages[-1])
+    content = last["content"]
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else [dict(b) for b in content]
+    blocks[-1]["cache_control"] = {"type": "ephemeral"}
+    return messages[:-1] + [dict(last, content=blocks)]
 
 
-def _error_message(e: anthropic.APIStatusError) -> str:
+def _error_body(e: anthropic.APIStatusError) -> tuple[str, str]:
+    """The error's type and message, from the API's JSON body when it sent one."""
     body = e.body if isinstance(e.body, dict) else {}
     err = body.get("error") if isinstance(body.get("error"), dict) else {}
-    return str(err.get("message") or e.message or "")
+    return str(err.get("type") or "")[:60], str(err.get("message") or e.message or "")
 
 
 def _request_id(e: anthropic.APIStatusError) -> str:

@@ -87,6 +87,8 @@ class ProposalContext:
     # (experiment of this session, max bytes) -> the raw tail of its first run's training log, or None;
     # untrusted: an agent sees it only through brief.untrusted
     run_log: Callable[[int, int], str | None] | None = None
+    # host paths no agent may see (the lab itself, the data cache): a sandboxed proposer hides them
+    protected: tuple[Path, ...] = ()
 
 
 class Proposer(Protocol):

@@ -51,8 +51,9 @@ def rules_in_words(rules: Constitution) -> str:
 
 
 def clean(text: str, limit: int = HISTORY_FIELD_CHARS) -> str:
-    """One line of at most `limit` characters, control characters removed."""
-    one = _CONTROL.sub(" ", " ".join(str(text).split()))
+    """One line of at most `limit` characters, control characters removed, always valid UTF-8."""
+    text = str(text).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes "?"
+    one = _CONTROL.sub(" ", " ".join(text.split()))
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
@@ -83,6 +84,7 @@ def history_records(ctx: ProposalContext, limit: int) -> list[dict]:
 def untrusted(label: str, text: str, max_chars: int) -> str:
     """`text` (from a run, a log, an error) bounded to its last `max_chars` characters, escaped
     (control characters shown as \\xNN, the fence markers defused) and wrapped in a labelled fence."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
     tail = text[-max_chars:] if len(text) > max_chars else text
     cut = len(text) - len(tail)
     escaped = "".join(c if c in "\n\t" or not _CONTROL.match(c) else f"\\x{ord(c):02x}" for c in tail)
@@ -108,7 +110,8 @@ def prompt_document(ctx: ProposalContext, rules: Constitution, history_limit: in
         f"{system_prompt(program, rules)}\n"
         f"## This step\n\nExperiment {ctx.experiment}. Best {rules.evaluation.metric} so far: {best}.\n"
         "Make one change to the editable files in the current directory, then exit. Write a one-line description "
-        "of the change to `.charter-description` and, optionally, a one-line hypothesis to `.charter-hypothesis`.\n\n"
+        "of the change to `.charter-description` and, optionally, a one-line hypothesis to `.charter-hypothesis` "
+        "and a one-line lesson from the results so far to `.charter-lesson` (it appears in later histories).\n\n"
         f"## History of this lab (structured, last {len(records)} experiments, oldest first)\n\n"
         f"```json\n{json.dumps(records, indent=1)}\n```\n"
     )

@@ -17,6 +17,7 @@ step that fails (no sandbox, a non-zero exit, killed at a limit, nothing changed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -28,14 +29,15 @@ from constitution import Constitution
 from controller.execution import sandbox
 from controller.execution.runner import cache_dir
 from controller.execution.sandbox import SandboxResult, SandboxSpec
-from controller.proposers.base import Proposal, ProposalContext, ProposerResult
+from controller.proposers.base import AgentUsage, Proposal, ProposalContext, ProposerResult
 from controller.proposers.brief import clean, prompt_document
 from controller.proposers.registry import ProposerError, ProposerOptions
 
 PROMPT_FILE = ".charter-prompt.md"
 DESCRIPTION_FILE = ".charter-description"
 HYPOTHESIS_FILE = ".charter-hypothesis"
-CONTROL_FILES = frozenset({PROMPT_FILE, DESCRIPTION_FILE, HYPOTHESIS_FILE})  # ours or the agent's notes: not the lab's
+LESSON_FILE = ".charter-lesson"  # the agent's one-line lesson: its journal entry, as with `submit(lesson=)`
+CONTROL_FILES = frozenset({PROMPT_FILE, DESCRIPTION_FILE, HYPOTHESIS_FILE, LESSON_FILE})  # ours or the agent's notes: not the lab's
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # an editable file larger than this is refused, as a queue entry's is
 MAX_ENTRIES = 10_000              # files the copy may hold after the run; beyond it the step is malformed
@@ -85,12 +87,15 @@ def walk(root: Path) -> tuple[dict[str, os.stat_result], str | None]:
     """Every non-directory entry under root, path -> lstat; links are entries, never followed.
     The second value says why the walk stopped early (too many entries), else None."""
     found: dict[str, os.stat_result] = {}
-    stack = [root]
+    stack, dirs = [root], 0
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
+                    dirs += 1
+                    if dirs > MAX_ENTRIES:
+                        return found, f"the agent left more than {MAX_ENTRIES} directories in its working directory"
                     continue
                 found[Path(entry.path).relative_to(root).as_posix()] = entry.stat(follow_symlinks=False)
                 if len(found) > MAX_ENTRIES:
@@ -192,7 +197,9 @@ def named_files(argv: list[str]) -> tuple[list[str], list[Path]]:
     read-only: the program, and the script it runs when the first argument is a file's absolute
     path (`python /opt/agent.py`). Nothing else the command names is shown: a path in a later
     argument is the agent's business to reach, and a directory could hold a lab."""
-    argv = [shutil.which(argv[0]) or argv[0], *argv[1:]]
+    # the program at its real path: a symlinked CLI (/usr/local/bin/claude) is bound and run as its target
+    found = shutil.which(argv[0])
+    argv = [os.path.realpath(found) if found else argv[0], *argv[1:]]
     return argv, [Path(a) for a in argv[:2] if a.startswith("/") and Path(a).is_file()]
 
 
@@ -207,16 +214,15 @@ class CommandProposer:
         self._detected: tuple[str, str] | None = None
 
     def level(self) -> tuple[str, str | None]:
-        """The isolation to run at, as the session chooses it for training, or why there is none."""
-        sb = self.rules.sandbox
-        if sb.level == "none":
-            return "none", None
+        """Always bubblewrap, or why the agent can't start. Unlike training, an agent never runs
+        weaker (`sandbox.level = "none"` or `allow_weaker` do not apply): unsandboxed it would run as
+        the controller, with the ledger, the data and the network in reach."""
         if self._detected is None:
             self._detected = sandbox.detect_level()
         level, detail = self._detected
-        if level == "bubblewrap" or sb.allow_weaker:
+        if level == "bubblewrap":
             return level, None
-        return "", (f"bubblewrap is required by the constitution but can't run here ({detail}); "
+        return "", (f"the command proposer runs agents only under bubblewrap, which can't run here ({detail}); "
                     "the agent was not started")
 
     def time_limit(self, ctx: ProposalContext) -> float:
@@ -225,7 +231,7 @@ class CommandProposer:
             limit = min(limit, ctx.deadline - time.time() - DEADLINE_MARGIN_S)
         return limit
 
-    def spec(self, scratch: Path, home: Path, level: str, limit: float) -> SandboxSpec:
+    def spec(self, scratch: Path, home: Path, level: str, limit: float, protected: tuple[Path, ...] = ()) -> SandboxSpec:
         argv, shown = named_files(self.command)
         network = self.rules.proposer.network
         env = sandbox.minimal_env(Path("/tmp") if level == "bubblewrap" else home, {"PYTHONDONTWRITEBYTECODE": "1"})
@@ -235,7 +241,8 @@ class CommandProposer:
             shown += [Path(p) for p in NETWORK_FILES if Path(p).exists()]
         return SandboxSpec(
             argv=argv + [str(scratch / PROMPT_FILE)], cwd=scratch, writable=[scratch], readable=shown,
-            hidden=[cache_dir()],  # not in the allow-list anyway; a deny in case a shown tree holds it
+            # not in the allow-list anyway; a deny in case a shown tree (program_paths) holds them
+            hidden=[cache_dir(), *protected],
             env=env, timeout_s=limit, network=network,
             memory_mb=self.rules.budgets.experiment.memory_hard_mb,
             max_processes=self.rules.sandbox.max_processes,
@@ -257,15 +264,24 @@ class CommandProposer:
             agent_uid = sandbox.SANDBOX_UID if level == "bubblewrap" and os.geteuid() == 0 else None
             before = write_copy(scratch, ctx, prompt_document(ctx, self.rules), agent_uid)
             try:
-                result = sandbox.run(self.spec(scratch, home, level, limit), level)
+                result = sandbox.run(self.spec(scratch, home, level, limit, ctx.protected), level)
             except (sandbox.SandboxUnavailable, ValueError) as e:
                 return ProposerResult(None, failure=f"the agent's sandbox could not be set up: {clean(str(e))}")
+            usage = self.usage(result)
             failed = run_failure(result, limit, self.rules.budgets.experiment.memory_hard_mb)
             if failed:
-                return ProposerResult(None, failure=failed)
-            return self.result(scratch, before, ctx, result)
+                return ProposerResult(None, usage=usage, failure=failed)
+            return dataclasses.replace(self.result(scratch, before, ctx, result), usage=usage)
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+    def usage(self, run: SandboxResult) -> AgentUsage:
+        """One agent_call row per run of the CLI: its identity, time and how it ended. Its own token
+        spend is the provider's to count: Charter can't see it, so token and dollar budgets can't
+        bind a command agent."""
+        ended = run.kill_reason and f"killed: {run.kill_reason}" or f"exit {run.returncode}"
+        return AgentUsage(model=self.model, calls=1, seconds=round(run.wall_seconds, 3), stop_reason=ended,
+                          latency_ms=round(run.wall_seconds * 1000, 1))
 
     def result(self, scratch: Path, before: dict[str, bytes], ctx: ProposalContext, run: SandboxResult) -> ProposerResult:
         """The proposal the copy's diff makes, or the failure of a run that changed nothing."""
@@ -276,7 +292,8 @@ class CommandProposer:
             return ProposerResult(Proposal(description, source=source, malformed=malformed_reason(outside, problems)))
         if not files:
             return ProposerResult(None, failure=f"the agent changed nothing{said(run)}")
-        return ProposerResult(Proposal(description, note(scratch, HYPOTHESIS_FILE), files=files, source=source))
+        return ProposerResult(Proposal(description, note(scratch, HYPOTHESIS_FILE), files=files, source=source,
+                                       lesson=clean(note(scratch, LESSON_FILE), 300)))
 
 
 def build(options: ProposerOptions) -> CommandProposer:

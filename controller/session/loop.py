@@ -35,7 +35,7 @@ from constitution import Constitution, GateState
 from controller.execution import sandbox
 from controller.execution.run_files import RunFileRefused, read_run_file
 from controller.execution.runner import (
-    Job, PrepareError, RunOutcome, Runner, data_problems, immutable_problems, time_claim, training_kill_seconds,
+    Job, PrepareError, RunOutcome, Runner, cache_dir, data_problems, immutable_problems, time_claim, training_kill_seconds,
     verify_data,
 )
 from controller.live.server import LiveServer
@@ -331,7 +331,7 @@ class Session:
         self.recorder.session = sid
         self.recorder.session_events = list(mine)
         self._day_events = [e for e in history if e.ts >= today and e.session != sid]
-        s = self.state = SessionState(sid, replay.start.tag, replay.start.branch, start.ts, outcomes=lab_outcomes(history))
+        s = self.state = SessionState(sid, replay.start.tag, replay.start.branch, start.ts, outcomes=lab_outcomes(history, sid))
         p = replay.progress  # numbers are never reused, even for interrupted ones
         s.experiment, s.baseline_bpb, s.best_bpb, s.best_commit, s.keeps = p.experiments, p.baseline_bpb, p.best_bpb, p.best_commit, p.keeps
         s.history = replay.history
@@ -455,7 +455,8 @@ class Session:
         n = s.experiment + 1
         ctx = ProposalContext(scratch, list(self.rules.scope.editable), files, list(s.history), s.best_bpb,
                               n, started + limit, self._agent_budget(), list(s.lab_history),
-                              readable=self._readable(), run_log=self._run_log)
+                              readable=self._readable(), run_log=self._run_log,
+                              protected=(self.lab.root, cache_dir()))
         value, error, self.proposer_overran = _call_with_deadline(self.proposer.propose, ctx, limit, cleanup=scratch)
         seconds = time.time() - started
         self.set_inflight(None)
@@ -478,7 +479,7 @@ class Session:
             s.proposer_failures += 1
             self.record(P.ProposerFailed(self.proposer.name, error[:2000], round(seconds, 3)), experiment=n)
             s.outcomes.append(Outcome(PROPOSER_FAILED))
-            self.evaluate_gates()
+            self.evaluate_gates(escalate_only=True)
             return None
         s.proposer_failures = 0
         return result
@@ -725,8 +726,9 @@ class Session:
         self.inflight = None
         self.evaluate_gates()
 
-    def evaluate_gates(self) -> None:
-        t = self.gate.evaluate(self.rules.gates.rules, self.state.outcomes, self._burn(), self.rules.gates.probation_experiments)
+    def evaluate_gates(self, escalate_only: bool = False) -> None:
+        t = self.gate.evaluate(self.rules.gates.rules, self.state.outcomes, self._burn(),
+                               self.rules.gates.probation_experiments, escalate_only)
         if t:
             self.record_transition(t)
 

@@ -49,10 +49,13 @@ def lab_history(events: Iterable[Any], exclude_session: str | None = None) -> li
     return out
 
 
-def lab_outcomes(events: Iterable[Any]) -> list[Outcome]:
-    """Every decided experiment and failed proposing step of the lab, oldest first, for the gate rules."""
+def lab_outcomes(events: Iterable[Any], session: str | None = None) -> list[Outcome]:
+    """Every decided experiment of the lab, oldest first, for the gate rules, and the failed
+    proposing steps of `session` (the one resumed): an agent's trouble is the session's, so a new
+    session, which a person starts, is not frozen by the last one's API outage."""
     return [outcome_of(e.decision, Decided.from_json(e.payload)) if e.kind == EventKind.DECIDED else Outcome(PROPOSER_FAILED)
-            for e in events if e.kind in (EventKind.DECIDED, EventKind.PROPOSER_FAILED)]
+            for e in events if e.kind == EventKind.DECIDED
+            or (e.kind == EventKind.PROPOSER_FAILED and session is not None and e.session == session)]
 
 
 def open_session(events: Iterable[Any]) -> Any | None:

@@ -114,8 +114,10 @@ def set_pins(text: str, pins: dict[tuple[str, ...], str]) -> str:
 
 
 # Default prices (dollars per million tokens: input, output) by model family, written commented into a
-# new lab's constitution; the lab's own numbers are what the ledger counts, so check them.
-MODEL_PRICES = {"opus": (5.0, 25.0), "sonnet": (3.0, 15.0), "haiku": (1.0, 5.0)}
+# new lab's constitution; the lab's own numbers are what the ledger counts, so check them. Each is the
+# family's highest list price (opus 4.1 and earlier: 15/75; later opus models cost less), so a
+# default can only make the dollar budget stop early, never late.
+MODEL_PRICES = {"opus": (15.0, 75.0), "sonnet": (3.0, 15.0), "haiku": (1.0, 5.0)}
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def set_proposer(text: str, choice: ProposerChoice) -> str:
     if family:
         prices = section["prices"]
         prices["input_per_mtok"], prices["output_per_mtok"] = MODEL_PRICES[family]
-        prices["input_per_mtok"].comment(f"default for the {family} family; check your plan's prices")
+        prices["input_per_mtok"].comment(f"the {family} family's highest list price; check your model's and plan's")
     return tomlkit.dumps(doc)
 
 

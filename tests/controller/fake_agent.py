@@ -32,6 +32,7 @@ def good_edit(description: str) -> None:
     train.write_text(text)
     Path(".charter-description").write_text(description + "\n")
     Path(".charter-hypothesis").write_text("a slightly lower learning rate is more stable\n")
+    Path(".charter-lesson").write_text("\nthe shipped learning rate may be on the high side\n")
 
 
 def visible(path: str) -> bool:

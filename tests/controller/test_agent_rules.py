@@ -65,12 +65,31 @@ def test_proposer_failures_move_the_gate_and_freeze_ends_the_session():
     assert action.step == FreezeStep.END and "proposer keeps failing" in action.reason
 
 
-def test_proposer_failures_replay_on_resume():
+def test_proposer_failures_replay_on_resume_of_their_session_only():
     class E:
-        def __init__(self, kind, decision=None):
-            self.kind, self.decision, self.payload = kind, decision, {}
-    replayed = lab_outcomes([E(EventKind.DECIDED, "baseline"), E(EventKind.PROPOSER_FAILED), E(EventKind.NOTE)])
-    assert [o.decision for o in replayed] == ["baseline", PROPOSER_FAILED]
+        def __init__(self, kind, session, decision=None):
+            self.kind, self.session, self.decision, self.payload = kind, session, decision, {}
+    history = [E(EventKind.DECIDED, "s1", "baseline"), E(EventKind.PROPOSER_FAILED, "s1"), E(EventKind.NOTE, "s1"),
+               E(EventKind.DECIDED, "s2", "baseline"), E(EventKind.PROPOSER_FAILED, "s2")]
+    assert [o.decision for o in lab_outcomes(history, "s2")] == ["baseline", "baseline", PROPOSER_FAILED]
+    assert [o.decision for o in lab_outcomes(history)] == ["baseline", "baseline"]  # a new session starts clear
+
+
+def test_proposer_failures_do_not_crowd_other_rules_out_of_their_window():
+    rules = constitution.load_default().gates.rules
+    crashes = [Outcome("crash")] * 3
+    fired = firing_rules(rules, crashes + [Outcome(PROPOSER_FAILED)] * 12, 0.0)
+    assert any(f.metric == "crash_streak" for f in fired)
+
+
+def test_a_failed_proposing_step_is_no_clear_experiment():
+    from controller.policy.gates import GateMachine
+    rules = constitution.load_default().gates.rules
+    gate = GateMachine()
+    gate.evaluate(rules, [Outcome(PROPOSER_FAILED)] * 2, 0.0, probation=1)
+    assert gate.gate == GateState.THROTTLE
+    assert gate.evaluate(rules, [Outcome(PROPOSER_FAILED)] * 2 + [Outcome("discard")] * 9, 0.0, 1, escalate_only=True) is None
+    assert gate.gate == GateState.THROTTLE
 
 
 def test_init_writes_the_proposer_section_with_family_prices(tmp_path):
@@ -78,7 +97,7 @@ def test_init_writes_the_proposer_section_with_family_prices(tmp_path):
     text = lab.constitution_path.read_text()
     p = tomllib.loads(text)["proposer"]
     assert (p["kind"], p["model"], p["prices"]["input_per_mtok"], p["prices"]["output_per_mtok"]) == ("anthropic", "claude-haiku-4-5", 1.0, 5.0)
-    assert "default for the haiku family" in text and "# Charter constitution" in text  # comments kept
+    assert "the haiku family's highest list price" in text and "# Charter constitution" in text  # comments kept
     assert lab.load_constitution().proposer.model == "claude-haiku-4-5"
 
 

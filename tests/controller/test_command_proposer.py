@@ -71,7 +71,8 @@ def step(lab, proposer: CommandProposer, tmp_path: Path, seconds: float = 60):
     work.mkdir()
     ctx = ProposalContext(work, ["train.py"], {"train.py": (lab.root / "train.py").read_text()}, [], None, 1,
                           time.time() + seconds,
-                          readable={rel: (lab.root / rel).read_text() for rel in ("program.md", "prepare.py")})
+                          readable={rel: (lab.root / rel).read_text() for rel in ("program.md", "prepare.py")},
+                          protected=(lab.root,))
     return proposer.propose(ctx)
 
 
@@ -88,6 +89,7 @@ def test_a_good_edit_is_the_diff_of_the_copy(bare_lab, tmp_path):
     assert r.failure is None and r.proposal.malformed is None
     assert r.proposal.description == "lower the learning rate to 2.5e-3"
     assert r.proposal.hypothesis == "a slightly lower learning rate is more stable"
+    assert r.proposal.lesson == "the shipped learning rate may be on the high side"
     assert r.proposal.source == f"command:{PROGRAM}"
     assert list(r.proposal.files) == ["train.py"] and b"LEARNING_RATE = 2.5e-3" in r.proposal.files["train.py"]
 
@@ -146,15 +148,36 @@ def test_the_network_is_off_unless_the_constitution_turns_it_on(bare_lab, tmp_pa
     assert len(accepted) == 1
 
 
-def test_without_bubblewrap_the_agent_runs_only_if_the_constitution_allows_weaker(bare_lab, tmp_path, monkeypatch):
+def test_without_bubblewrap_no_agent_runs_whatever_the_constitution_allows(bare_lab, tmp_path, monkeypatch):
     strict = proposer_for(bare_lab, agent("good"))
     rules = strict.rules
     weaker = CommandProposer(rules.model_copy(update={"sandbox": rules.sandbox.model_copy(update={"allow_weaker": True})}))
+    none = CommandProposer(rules.model_copy(update={"sandbox": rules.sandbox.model_copy(update={"level": "none"})}))
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))  # no bwrap to be found
-    r = step(bare_lab, strict, tmp_path)
-    assert r.proposal is None and "bubblewrap is required" in r.failure and "bwrap is not installed" in r.failure
-    r = step(bare_lab, weaker, tmp_path)
-    assert r.failure is None and "train.py" in r.proposal.files
+    for proposer in (strict, weaker, none):
+        r = step(bare_lab, proposer, tmp_path)
+        assert r.proposal is None and "runs agents only under bubblewrap" in r.failure and "bwrap is not installed" in r.failure
+
+
+def test_program_paths_never_show_the_lab(tmp_path):
+    # a careless program_paths entry that holds the lab (a home dir, say): the lab stays hidden
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    lab = init_lab(home / "lab")
+    (home / "visible.txt").write_text("the control: outside the lab, shown\n")
+    shown = proposer_for(lab, agent("peek", "--peek", str(lab.root / "train.py"), "--peek", str(lab.ledger_path),
+                                    "--peek", str(home / "visible.txt")),
+                         program_paths=[str(home)])
+    r = step(lab, shown, tmp_path)
+    assert r.failure is None and r.proposal.description == f"seen: {home / 'visible.txt'}"
+
+
+def test_each_run_is_one_agent_call_row(bare_lab, tmp_path):
+    r = step(bare_lab, proposer_for(bare_lab, agent("good"), model="fake-model-1"), tmp_path)
+    assert (r.usage.model, r.usage.calls, r.usage.stop_reason, r.usage.input_tokens, r.usage.dollars) == ("fake-model-1", 1, "exit 0", 0, 0.0)
+    assert r.usage.seconds > 0
+    r = step(bare_lab, proposer_for(bare_lab, agent("crash")), tmp_path)
+    assert r.failure and r.usage.stop_reason == "exit 3"
 
 
 # -- through a session: the ledger's view ------------------------------------------------------
