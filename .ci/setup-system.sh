@@ -4,3 +4,6 @@ set -euo pipefail
 
 # bubblewrap: the reference sandbox for train.py and the evaluator's model worker
 command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
+
+# ssh-keygen: ratifiers sign amendments with `ssh-keygen -Y sign`, the controller verifies with -Y verify
+command -v ssh-keygen >/dev/null || (apt-get update -qq && apt-get install -y -qq openssh-client)

@@ -8,6 +8,9 @@ editable paths never overlap immutable ones. Validation problems surface as pyda
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -265,31 +268,111 @@ class Proposer(Strict):
 
 
 class AmendmentTiers(Strict):
-    minor: int = Field(ge=1)  # tightening or a threshold tweak
-    major: int = Field(ge=1)  # loosening budgets or scope
-    constitutional: int = Field(ge=1)  # evaluation, entrenched sections, the ratifier list
+    minor: int = Field(ge=1)  # tightening a limit or threshold
+    major: int = Field(ge=1)  # loosening a budget, scope or gate rule
+    constitutional: int = Field(ge=1)  # evaluation, entrenched sections, the ratifier list, the sandbox level, pins
+
+
+# OpenSSH public key types `ssh-keygen -Y verify` accepts (the security-key kinds included)
+SSH_KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+# a ratifier's name is an allowed-signers principal and a ledger actor: no spaces, quotes or commas
+RATIFIER_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$"
+
+
+def ssh_key_blob(line: str) -> bytes:
+    """The decoded key blob of an OpenSSH public key line ("TYPE BASE64 [comment]"); ValueError
+    naming what is wrong. Pure: the blob's own type field must match the line's type."""
+    line = line.strip()
+    parts = line.split()
+    if len(parts) < 2 or "\n" in line or "\r" in line:
+        raise ValueError("must be one OpenSSH public key line: TYPE BASE64 [comment]")
+    kind, b64 = parts[0], parts[1]
+    if kind not in SSH_KEY_TYPES:
+        raise ValueError(f"key type {kind!r} is not one ssh-keygen verifies ({', '.join(SSH_KEY_TYPES[:2])}, ...)")
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the key's base64 part does not decode") from None
+    n = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if n < 0 or blob[4:4 + n] != kind.encode():
+        raise ValueError(f"the key's data is not a {kind} key")
+    return blob
+
+
+def ssh_fingerprint(line: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key line, as `ssh-keygen -l` prints it."""
+    digest = hashlib.sha256(ssh_key_blob(line)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _check_key(value: str) -> str:
+    if value:
+        ssh_key_blob(value)
+    return value.strip()
+
+
+class Ratifier(Strict):
+    """A person who may ratify amendments, with the SSH public key their signatures verify against."""
+
+    name: str
+    key: Annotated[str, AfterValidator(_check_key)] = ""  # "ssh-ed25519 AAAA... comment"; "" = none (can't sign)
+
+    @field_validator("name")
+    @classmethod
+    def _a_person(cls, v: str) -> str:
+        low = v.casefold()
+        if low.startswith("agent:") or low in ("controller", "charter"):
+            raise ValueError(f"{v!r} is not a person's name (agents and the controller never ratify)")
+        if not re.fullmatch(RATIFIER_NAME_RE, v):
+            raise ValueError("a ratifier's name is 1 to 64 letters, digits and . _ @ + - (it names them in the "
+                             "ledger and in ssh-keygen's allowed signers)")
+        return v
 
 
 class Amendment(Strict):
-    ratifiers: list[str] = Field(min_length=1)
+    ratifiers: list[Ratifier] = Field(default_factory=list)
+    require_signatures: bool = True  # a ratification is an ssh-keygen signature; false: by name, ledgered as unsigned
     tiers: AmendmentTiers
     entrenched: list[str] = Field(default_factory=list)
     cooling_hours: float = Field(ge=0)
+
+    @field_validator("ratifiers", mode="before")
+    @classmethod
+    def _names(cls, v):
+        # older constitutions listed bare names: each is a ratifier without a key
+        if isinstance(v, list):
+            return [{"name": r} if isinstance(r, str) else r for r in v]
+        return v
 
     @model_validator(mode="after")
     def _tiers(self) -> "Amendment":
         t = self.tiers
         if not (t.minor <= t.major <= t.constitutional):
             raise ValueError("tiers must not decrease: minor <= major <= constitutional")
-        if t.constitutional > len(set(self.ratifiers)):
+        names = [r.name for r in self.ratifiers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"ratifier names must be unique (repeated: {', '.join(dup)})")
+        keys = [r.key.split()[1] for r in self.ratifiers if r.key]
+        if len(keys) != len(set(keys)):
+            raise ValueError("two ratifiers share one key: each person counts once, with a key of their own")
+        # no ratifiers at all is allowed (nobody can ratify: the lab's rules are fixed after its first
+        # session); some ratifiers but too few for the highest tier is a mistake
+        if self.ratifiers and t.constitutional > len(self.ratifiers):
             raise ValueError(
                 f"tiers.constitutional needs {t.constitutional} ratifiers but only "
-                f"{len(set(self.ratifiers))} are listed"
+                f"{len(self.ratifiers)} are listed"
             )
         unknown = [s for s in self.entrenched if s not in SECTIONS]
         if unknown:
             raise ValueError(f"entrenched names unknown sections: {', '.join(unknown)}")
         return self
+
+    def ratifier(self, name: str) -> Ratifier | None:
+        return next((r for r in self.ratifiers if r.name == name), None)
 
 
 SECTIONS = ("meta", "evaluation", "scope", "budgets", "decision", "gates", "sandbox", "proposer", "amendment")

@@ -18,17 +18,21 @@ from pathlib import Path
 
 import constitution
 from controller import audit
-from controller.policy.identity import person_refusal
+from controller.policy.identity import agent_identity, person_refusal
 from controller.workspace.anchor import newest_anchor
 from controller.live.client import ControllerUnreachable, LiveClient, LiveError
 from controller.workspace.git import GitError
-from controller.workspace.lab import Lab, LabError, ProposerChoice, find_lab, init_lab
+from controller.workspace.lab import Lab, LabError, ProposerChoice, find_lab, init_lab, read_ratifier
 from controller.operators import OperatorRefused, format_status, lab_status, operator_command
 from controller.workspace.preparation import prepare_lab
 from controller.proposers import ProposerError, ProposerOptions, available, make_proposer
 from controller.execution.runner import PrepareError
 from controller.session.loop import Session, SessionRefused
+from controller.session.narrator import Narrator
 from ledger import Ledger, LedgerError, payloads
+from amendments import cli as amendments_cli
+from amendments.errors import AmendmentRefused
+from tui import cli as tui_cli
 
 
 class UsageError(Exception):
@@ -72,7 +76,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         if kind == "command" and not args.agent_command:
             raise UsageError('--proposer command needs --agent-command "ARGV" (e.g. "claude -p")')
         choice = ProposerChoice(kind, args.model or "", tuple(shlex.split(args.agent_command or "")))
-    lab = init_lab(args.dir, actor=f"person:{args.by}", proposer=choice)
+    ratifiers = [read_ratifier(spec) for spec in args.ratifier or []]
+    lab = init_lab(args.dir, actor=f"person:{args.by}", proposer=choice, ratifiers=ratifiers)
     print(f"lab created at {lab.root}")
     print(f"  constitution: {lab.constitution_path}")
     print(f"  ledger:       {lab.ledger_path}")
@@ -186,10 +191,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     proposer = make_proposer(kind, ProposerOptions(rules=rules, seed=seed, queue_dir=Path(args.queue) if args.queue else None))
     lab = _lab_for_run(args.lab, args.by, args.source)
     session = Session(lab, proposer, tag=args.tag, max_experiments=args.max_experiments)
-    print(f"charter: session on {lab.root} with the {kind} proposer (status: charter status --lab {lab.root})")
-    summary = session.run()
-    print_summary(summary)
+    mode = "quiet" if args.quiet else "jsonl" if args.jsonl else "lines"
+    narrator = Narrator(sys.stdout, mode, inflight=lambda: session.inflight, stopping=session.stop_requested.is_set)
+    session.listeners.append(narrator.on_event)
+    print(f"charter: session on {lab.root} with the {kind} proposer (status: charter status --lab {lab.root}; "
+          f"console: charter tui --lab {lab.root})", file=sys.stderr if args.jsonl else sys.stdout)
+    with narrator:
+        summary = session.run()
+    if not args.jsonl:  # the session_ended event is the summary for scripts
+        print_summary(summary)
+    file_agent_amendments(lab, proposer)
     return 0
+
+
+def file_agent_amendments(lab: Lab, proposer) -> None:
+    """Amendments the agent asked for during the session, filed now that it has ended, as
+    proposed by `agent:<model>`; people ratify them or not. A refusal is one line."""
+    from amendments import process
+    from amendments.errors import AmendmentRefused
+    from amendments.patch import PatchError, parse_setting
+
+    for req in getattr(proposer, "amendment_requests", []):
+        by = agent_identity(proposer.model)
+        try:
+            done = process.propose(lab, by, req.why, settings=[parse_setting(s) for s in req.settings])
+            print(f"amendment proposed by {by}: {done.record.id[:12]} ({', '.join(req.settings)}): {req.why}")
+        except (AmendmentRefused, PatchError, constitution.ConstitutionError) as e:
+            lines = e.problems if isinstance(e, constitution.ConstitutionError) else [str(e)]
+            print(f"amendment asked for by {by} not filed: {'; '.join(lines)}")
 
 
 def print_summary(s: dict) -> None:
@@ -216,7 +245,9 @@ def _operator(args: argparse.Namespace, op: str) -> int:
     reason = args.reason or ""
     if op == "resume" and not reason.strip():
         raise UsageError("resume needs a reason: charter resume --reason TEXT --by NAME")
-    result = operator_command(lab, op, by=args.by, reason=reason)
+    key = Path(args.key) if getattr(args, "key", None) else None
+    signature = Path(args.signature) if getattr(args, "signature", None) else None
+    result = operator_command(lab, op, by=args.by, reason=reason, key=key, signature=signature)
     print(result)
     return 0
 
@@ -252,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--proposer", help="proposer kind of version 1 (offline, queue, anthropic, command)")
     sp.add_argument("--model", help="the agent's model id (kind anthropic; also the command agent's name in the ledger)")
     sp.add_argument("--agent-command", help='kind command: the agent\'s argv as one string, e.g. "claude -p"')
+    sp.add_argument("--ratifier", action="append", metavar="NAME=PUBKEY_FILE",
+                    help="a person who may ratify amendments, with their SSH public key (repeatable)")
     sp.set_defaults(func=cmd_init)
 
     lg = sub.add_parser("ledger", help="the lab's tamper-evident record")
@@ -300,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, help="offline proposer seed (default: the constitution's)")
     sp.add_argument("--source", help="corpus for a lab's first prepare (see charter prepare)")
     sp.add_argument("--by", default=os.environ.get("USER", "operator"))
+    out = sp.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="print only the start line and the summary")
+    out.add_argument("--jsonl", action="store_true", help="one JSON object per ledger event on stdout, for scripts")
     sp.set_defaults(func=cmd_run)
+
+    tui_cli.add_parser(sub)
 
     sp = sub.add_parser("status", help="gate state and why, the session, the experiment in flight, budgets, best")
     lab_arg(sp)
@@ -314,7 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         lab_arg(sp)
         sp.add_argument("--by", required=op == "resume", default=os.environ.get("USER", "operator"), help="who")
         sp.add_argument("--reason", required=op == "resume", help="why (recorded in the ledger)")
+        if op == "resume":  # from STOP, where the lab requires signatures: a ratifier's
+            signed = sp.add_mutually_exclusive_group()
+            signed.add_argument("--key", help="your SSH private key: sign this resume from STOP")
+            signed.add_argument("--signature", help="a signature made elsewhere (ssh-keygen -Y sign -n charter-resume)")
         sp.set_defaults(func=lambda a, op=op: _operator(a, op))
+    amendments_cli.add_parser(sub)
     return p
 
 
@@ -334,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"charter: {e}", file=sys.stderr)
         return 2
-    except (LabError, LedgerError, GitError, SessionRefused, PrepareError, ProposerError, LiveError, OperatorRefused) as e:
+    except (LabError, LedgerError, GitError, SessionRefused, PrepareError, ProposerError, LiveError, OperatorRefused,
+            AmendmentRefused) as e:
         print(f"charter: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

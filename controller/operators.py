@@ -10,6 +10,7 @@ command the gate does not allow (a pause at STOP) is refused with `OperatorRefus
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from datetime import datetime, timezone
 
 from transitions import MachineError
@@ -18,6 +19,7 @@ from controller.live.client import ControllerUnreachable, LiveClient, LiveError,
 from controller.live.status import Progress, SessionView, StatusSnapshot, build_status, read_status, session_progress
 from controller.policy import budgets
 from controller.policy.gates import restore_gate, transition_payload
+from constitution import GateState
 from controller.workspace.lab import Lab
 from ledger import EventKind, Ledger, LedgerBusy
 from ledger import payloads
@@ -71,8 +73,45 @@ def lab_status(lab: Lab) -> StatusSnapshot:
         return dataclasses.replace(status, stale=True)
 
 
-def operator_command(lab: Lab, op: str, by: str, reason: str) -> str:
-    """Apply pause / stop / resume; the line to print. OperatorRefused if it cannot be applied."""
+RESUME_NAMESPACE = "charter-resume"
+
+
+def resume_message(stop_event_hash: str) -> str:
+    """What a resume from STOP signs: the STOP it lifts (the hash of that gate_transition event), so
+    a signature lifts that one STOP and can't be replayed on a later one."""
+    return f"resume {stop_event_hash}"
+
+
+def _signed_resume(lab: Lab, led: Ledger, by: str, key: Path | None, signature: Path | None) -> str:
+    """The fingerprint that signs this resume from STOP, when the lab requires signatures; "" when
+    it does not. OperatorRefused (one line) for a missing or bad signature."""
+    from amendments import signatures  # the OpenSSH edge, shared with ratification
+
+    rules = lab.load_constitution().amendment
+    if not (rules.require_signatures and rules.ratifiers):
+        return ""
+    stops = [e for e in led.events(kinds=[EventKind.GATE_TRANSITION]) if e.gate_state == "STOP"]
+    if not stops:
+        return ""
+    message = resume_message(stops[-1].hash)
+    try:
+        if key is not None:
+            text = signatures.sign(message, key, RESUME_NAMESPACE)
+        elif signature is not None:
+            text = signatures.read_signature(signature)
+        else:
+            raise OperatorRefused(
+                "resume from STOP needs a ratifier's signature in this lab: --key PRIVATE_KEY, or --signature FILE "
+                f"made with: printf %s '{message}' > msg; ssh-keygen -Y sign -f KEY -n {RESUME_NAMESPACE} msg")
+        return signatures.verify(message, text, by, rules.ratifiers, RESUME_NAMESPACE).fingerprint
+    except signatures.SignatureError as e:
+        raise OperatorRefused(f"resume refused: {e}") from None
+
+
+def operator_command(lab: Lab, op: str, by: str, reason: str, key: Path | None = None,
+                     signature: Path | None = None) -> str:
+    """Apply pause / stop / resume; the line to print. OperatorRefused if it cannot be applied.
+    A resume from STOP in a lab that requires signatures is signed by a listed ratifier."""
     try:
         reply = LiveClient(lab.state_dir, timeout=30).command(op, by, reason)
     except ControllerUnreachable:
@@ -86,11 +125,12 @@ def operator_command(lab: Lab, op: str, by: str, reason: str) -> str:
     actor = f"person:{by}"
     with Ledger.open(lab.ledger_path, wait_s=5) as led:
         gate, _, _ = restore_gate(led.events(kinds=[EventKind.GATE_TRANSITION]))
+        signed = _signed_resume(lab, led, by, key, signature) if op == "resume" and gate.gate == GateState.STOP else ""
         try:
             t = gate.operator(op, actor, reason)
         except MachineError as e:
             raise OperatorRefused(f"{op} refused: {e.value}") from None
-        led.record(payloads.OperatorCommand(command=op, reason=reason), actor=actor)
+        led.record(payloads.OperatorCommand(command=op, reason=reason, signed_by=signed), actor=actor)
         led.record(transition_payload(t, gate.held_by_operator), actor=actor, gate_state=t.dest.value, rule=t.rule)
     return f"{op}: gate {t.source.value} -> {t.dest.value} (no controller running; recorded for the next session)"
 

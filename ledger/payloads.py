@@ -320,6 +320,7 @@ class OperatorCommand(Payload):
     KIND = EventKind.OPERATOR_COMMAND
     command: str = ""
     reason: str = ""
+    signed_by: str = ""  # a resume from STOP in a lab that requires signatures: the key's fingerprint
 
 
 @dataclass(frozen=True)
@@ -356,20 +357,41 @@ class AgentCall(Payload):
 
 @dataclass(frozen=True)
 class AmendmentProposed(Payload):
+    """A proposed next constitution. `amendment_id` is the sha256 of `text`, its exact content."""
+
     KIND = EventKind.AMENDMENT_PROPOSED
     amendment_id: str = ""
     by: str = ""
     why: str = ""
     version: int = 0
     hash: str = ""
+    number: int = 0  # NNNN of its file in the lab's amendments/ folder
+    path: str = ""  # that file, relative to the lab
+    parent_version: int = 0
+    parent_hash: str = ""
+    tier: str = ""  # minor, major or constitutional
+    needed: int = 0  # ratifications its tier needs under the constitution in force
+    changes: list[str] = field(default_factory=list)  # the diff in words, each with its tier and why
+    ratifiers: dict[str, str] = field(default_factory=dict)  # who may ratify it: name -> key fingerprint ("" = no key)
+    require_signatures: bool = True
+    cooling_hours: float = 0.0
+    text: str = ""  # the proposed constitution, exactly
+    # immutable files it carries, path -> exact text; each is bound to the id by its sha256 pin in `text`
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class AmendmentRatified(Payload):
+    """A ratification, or (with `refused` set) an attempt that was refused and why."""
+
     KIND = EventKind.AMENDMENT_RATIFIED
     amendment_id: str = ""
     by: str = ""
     signed: bool = False
+    refused: str = ""  # "" = it counts; otherwise the one-line reason it was refused
+    signature: str = ""  # the armored ssh-keygen signature over the amendment id (namespace charter-amendment)
+    key: str = ""  # the OpenSSH public key it was verified with
+    fingerprint: str = ""  # that key's SHA256 fingerprint
 
 
 @dataclass(frozen=True)
@@ -387,6 +409,8 @@ class AmendmentApplied(Payload):
     version: int = 0
     hash: str = ""
     parent_hash: str = ""
+    parent_version: int = 0
+    ratified_by: list[str] = field(default_factory=list)
 
 
 PAYLOADS: dict[EventKind, type[Payload]] = {

@@ -7,16 +7,33 @@ decision, val_bpb, gate_state, rule, commit_sha) equals what the body says. The 
 row is reported as "seq N: <what is wrong>". Nothing here trusts the guard triggers or any other
 property of the file: the chain alone is the evidence. A chain that is whole can still have been
 cut short, or rewritten from some point on with fresh hashes; an anchor, a (seq, hash) pair
-recorded outside the database, catches both.
+recorded outside the database, catches both. A whole chain is then checked for what a hash cannot
+show: every proposed amendment's id is the sha256 of its recorded text, every signed ratification
+is re-verified with `ssh-keygen -Y verify` against the key it names (which must be the key the
+proposal listed for that ratifier), applied versions only ever rise, an amendment is applied only
+with its ratifications, and a session after an applied amendment runs under the version it made.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import duckdb
 
+from constitution.schema import ssh_fingerprint
+
 from .record import GENESIS_HASH, TS_FORMAT
+
+SIGNATURE_NAMESPACE = "charter-amendment"  # as amendments.signatures signs
+_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class VerifyResult(NamedTuple):
@@ -128,4 +145,111 @@ def verify_chain(con: duckdb.DuckDBPyConnection, anchor: tuple[int, str] | None 
                 False, count, head, anchor_seq,
                 f"seq {anchor_seq}: hash differs from the anchor (history rewritten?)",
             )
+    found = amendment_problem(con)
+    if found is not None:
+        return VerifyResult(False, count, head, found[0], f"seq {found[0]}: {found[1]}")
     return VerifyResult(True, count, head, None, None)
+
+
+# -- amendments: what the chain alone can't show ---------------------------------------------------
+
+_AMENDMENT_EVENTS = """
+SELECT seq, kind, body FROM events
+WHERE kind IN ('amendment_proposed', 'amendment_ratified', 'amendment_applied', 'session_started', 'session_resumed')
+ORDER BY seq
+"""
+
+
+def _signature_verifies(amendment_id: str, signature: str, by: str, key: str) -> str | None:
+    """None if `signature` is `by`'s over `amendment_id` with `key`; else ssh-keygen's reason."""
+    exe = shutil.which("ssh-keygen")
+    if exe is None:
+        return "ssh-keygen is not installed, so the signature can't be re-verified"
+    with tempfile.TemporaryDirectory(prefix="charter-ledger-verify-") as tmp:
+        allowed, sig = Path(tmp) / "allowed_signers", Path(tmp) / "sig"
+        allowed.write_text(f'{by} namespaces="{SIGNATURE_NAMESPACE}" {key}\n')
+        sig.write_text(signature)
+        try:
+            proc = subprocess.run([exe, "-Y", "verify", "-f", str(allowed), "-I", by, "-n", SIGNATURE_NAMESPACE, "-s", str(sig)],
+                                  input=amendment_id.encode(), capture_output=True, timeout=30, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return "ssh-keygen did not answer"
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else f"ssh-keygen exit {proc.returncode}"
+    return None
+
+
+def amendment_problem(con: Any) -> tuple[int, str] | None:
+    """(seq, what is wrong) for the first amendment event the chain can't vouch for, else None."""
+    proposals: dict[str, dict[str, Any]] = {}
+    counted: dict[str, set[str]] = {}
+    highest = 0
+    last_applied: tuple[int, str] | None = None  # (version, hash) of the last applied amendment
+    sessions_seen = False
+    for seq, kind, body in con.execute(_AMENDMENT_EVENTS).fetchall():
+        try:
+            p = json.loads(body).get("payload") or {}
+        except (ValueError, AttributeError):
+            return seq, "body is not JSON"
+        aid = p.get("amendment_id") if isinstance(p, dict) else None
+        if kind.startswith("amendment_") and not (isinstance(aid, str) and _ID.fullmatch(aid)):
+            continue  # names no amendment: nothing (in force, the amendment history) reads it as one
+        if not isinstance(p, dict):
+            continue
+        if kind in ("session_started", "session_resumed"):
+            digest = p.get("constitution_hash") or ""
+            if last_applied is not None and isinstance(digest, str) and digest and digest != last_applied[1]:
+                return seq, (f"the session runs under constitution {digest[:12]}, not version {last_applied[0]} "
+                             f"({last_applied[1][:12]}) that the last applied amendment put in force")
+            sessions_seen = True
+        elif kind == "amendment_proposed":
+            text = p.get("text") or ""
+            if text and hashlib.sha256(text.encode("utf-8")).hexdigest() != aid:
+                return seq, f"amendment {aid[:12]}: its recorded text does not hash to its id"
+            files = p.get("files") or {}
+            if files:  # carried immutable files are bound to the id by their pins in the text
+                try:
+                    pins = tomllib.loads(text)["evaluation"]["immutable"]
+                except (tomllib.TOMLDecodeError, KeyError, TypeError):
+                    pins = {}
+                for path, body in files.items() if isinstance(files, dict) else ():
+                    if not isinstance(body, str) or pins.get(path) != hashlib.sha256(body.encode("utf-8")).hexdigest():
+                        return seq, f"amendment {aid[:12]}: the {path} it carries does not match its pin in the proposed text"
+            proposals.setdefault(aid, p)
+        elif kind == "amendment_ratified" and not p.get("refused"):
+            by = str(p.get("by", ""))
+            if aid not in proposals:
+                return seq, f"ratification of amendment {aid[:12]}, which was never proposed"
+            if p.get("signed"):
+                key = str(p.get("key", ""))
+                try:
+                    fingerprint = ssh_fingerprint(key)
+                except ValueError as e:
+                    return seq, f"ratification of {aid[:12]} by {by}: the recorded key is not a public key ({e})"
+                if fingerprint != p.get("fingerprint"):
+                    return seq, f"ratification of {aid[:12]} by {by}: the recorded fingerprint is not the key's ({fingerprint})"
+                listed = (proposals[aid].get("ratifiers") or {}).get(by) if isinstance(proposals[aid].get("ratifiers"), dict) else None
+                if listed != fingerprint:
+                    return seq, f"ratification of {aid[:12]} by {by}: key {fingerprint} is not the one the proposal listed for {by}"
+                why = _signature_verifies(aid, str(p.get("signature", "")), by, key)
+                if why:
+                    return seq, f"ratification of {aid[:12]} by {by}: the signature does not verify ({why})"
+            elif proposals[aid].get("require_signatures", True):
+                return seq, f"ratification of {aid[:12]} by {by} is unsigned, but the lab required signatures"
+            counted.setdefault(aid, set()).add(by)
+        elif kind == "amendment_applied":
+            version = p.get("version") if isinstance(p.get("version"), int) else 0
+            if version <= highest:
+                return seq, f"amendment {aid[:12]} applied version {version}, at or below version {highest} applied before (a rollback)"
+            prop = proposals.get(aid)
+            if prop is None:
+                return seq, f"amendment {aid[:12]} was applied but never proposed"
+            needed = prop.get("needed") if isinstance(prop.get("needed"), int) else 0
+            have = len(counted.get(aid, ()))
+            if have < needed:
+                return seq, f"amendment {aid[:12]} was applied with {have} of the {needed} ratifications its tier needs"
+            highest = version
+            # before a lab's first session its owner may still edit the rules by hand
+            last_applied = (version, str(p.get("hash", ""))) if sessions_seen else None
+    return None

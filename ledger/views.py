@@ -44,6 +44,12 @@ _CONSTITUTION = P.json_shape(
     (P.LabCreated, ("constitution_version", "constitution_hash")),
     (P.AmendmentApplied, ("amendment_id",)),
 )
+_AMENDMENT = P.json_shape(
+    (P.AmendmentProposed, ("amendment_id", "by", "why", "version", "number", "path", "parent_version", "tier", "needed")),
+    (P.AmendmentRatified, ("signed", "refused", "fingerprint")),
+    (P.AmendmentRejected, ("reason",)),
+    (P.AmendmentApplied, ("hash",)),
+)
 _RAN = ", ".join(f"'{d}'" for d in Decision.group("ran"))
 
 VIEW_SUMMARIES: dict[str, str] = {
@@ -62,6 +68,10 @@ VIEW_SUMMARIES: dict[str, str] = {
     "constitutions": (
         "One row per event that put a constitution in force: `lab_created`, `constitution_loaded` "
         "and `amendment_applied`."
+    ),
+    "amendments": (
+        "One row per proposed amendment (an `amendment_proposed` event), with its ratifications, "
+        "rejection and application folded in from the later amendment events of the same id."
     ),
     "agent_calls": (
         "One row per `agent_call` event: one Messages call of an agent proposer (its retried "
@@ -144,6 +154,29 @@ VIEW_DOCS: dict[str, dict[str, str]] = {
         "version": "The constitution's `meta.version`.",
         "hash": "Canonical hash of the constitution.",
         "reason": "Why it was recorded: lab created, loaded at session start, pins added, amendment applied.",
+    },
+    "amendments": {
+        "seq": "seq of the `amendment_proposed` event.",
+        "session": "NULL: amendments are lab-level events, made between sessions.",
+        "id": "The amendment id: sha256 of the exact proposed constitution text.",
+        "number": "Its number in the lab's `amendments/` folder (`NNNN-<slug>.toml`).",
+        "path": "That file, relative to the lab (committed on the lab's main line).",
+        "tier": "minor, major or constitutional, as classified from its diff when proposed.",
+        "proposer": "Who proposed it: a person's name, or `agent:<model>` for an agent.",
+        "why": "The proposer's reason.",
+        "proposed": "UTC time it was proposed.",
+        "parent_version": "The version in force it was proposed against.",
+        "version": "The version it makes when applied.",
+        "needed": "Ratifications its tier needed under the constitution in force when proposed.",
+        "ratifications": "Ratifications that count (refused attempts excluded).",
+        "ratified_by": "Each counting ratifier with the SHA256 fingerprint of the key that signed, or `(unsigned)`, joined by `; `.",
+        "refused_ratifications": "Ratification attempts that were refused (wrong key, proposer, agent, bad signature, tampered file ...).",
+        "status": "applied, rejected, ratified (enough ratifications, not applied yet) or pending.",
+        "rejected_by": "Who rejected it; NULL if nobody did.",
+        "rejected_why": "The rejection's reason; NULL if not rejected.",
+        "applied": "UTC time it was applied; NULL if not applied.",
+        "applied_version": "The constitution version it put in force; NULL if not applied.",
+        "applied_hash": "Canonical hash of the constitution it put in force; NULL if not applied.",
     },
     "agent_calls": {
         "seq": "seq of the `agent_call` event.",
@@ -381,6 +414,49 @@ FROM (
 )
 """
 
+_AMENDMENTS = f"""
+CREATE OR REPLACE TEMP VIEW amendments AS
+WITH ev AS (
+    SELECT seq, ts, session, kind, from_json(body, '{_AMENDMENT}').payload AS p
+    FROM events
+    WHERE kind IN ('amendment_proposed', 'amendment_ratified', 'amendment_rejected', 'amendment_applied')
+), proposed AS (
+    SELECT p.amendment_id AS id, min(seq) AS seq, arg_min(session, seq) AS session, min(ts) AS proposed, arg_min(p, seq) AS p
+    FROM ev WHERE kind = 'amendment_proposed'
+    GROUP BY 1
+), ratified AS (
+    SELECT p.amendment_id AS id,
+           count(*) FILTER (WHERE coalesce(p.refused, '') = '') AS ratifications,
+           count(*) FILTER (WHERE coalesce(p.refused, '') <> '') AS refused_ratifications,
+           string_agg(p.by || ' ' || CASE WHEN p.signed THEN p.fingerprint ELSE '(unsigned)' END, '; ' ORDER BY seq)
+               FILTER (WHERE coalesce(p.refused, '') = '') AS ratified_by
+    FROM ev WHERE kind = 'amendment_ratified'
+    GROUP BY 1
+), rejected AS (
+    SELECT p.amendment_id AS id, min(ts) AS rejected, arg_min(p.by, seq) AS rejected_by, arg_min(p.reason, seq) AS rejected_why
+    FROM ev WHERE kind = 'amendment_rejected'
+    GROUP BY 1
+), applied AS (
+    SELECT p.amendment_id AS id, min(ts) AS applied, arg_min(p.version, seq) AS applied_version, arg_min(p.hash, seq) AS applied_hash
+    FROM ev WHERE kind = 'amendment_applied'
+    GROUP BY 1
+)
+SELECT pr.seq, pr.session, pr.id, CAST(pr.p.number AS BIGINT) AS number, pr.p.path AS path, pr.p.tier AS tier, pr.p.by AS proposer,
+       pr.p.why AS why, pr.proposed, CAST(pr.p.parent_version AS BIGINT) AS parent_version,
+       CAST(pr.p.version AS BIGINT) AS version, CAST(pr.p.needed AS BIGINT) AS needed,
+       coalesce(r.ratifications, 0) AS ratifications, r.ratified_by, coalesce(r.refused_ratifications, 0) AS refused_ratifications,
+       CASE WHEN a.applied IS NOT NULL THEN 'applied'
+            WHEN j.rejected IS NOT NULL THEN 'rejected'
+            WHEN coalesce(r.ratifications, 0) >= pr.p.needed THEN 'ratified'
+            ELSE 'pending' END AS status,
+       j.rejected_by, j.rejected_why, a.applied, CAST(a.applied_version AS BIGINT) AS applied_version, a.applied_hash
+FROM proposed pr
+LEFT JOIN ratified r USING (id)
+LEFT JOIN rejected j USING (id)
+LEFT JOIN applied a USING (id)
+ORDER BY pr.seq
+"""
+
 VIEW_SQL: dict[str, str] = {
     "sessions": _SESSIONS,
     "experiments": _EXPERIMENTS,
@@ -389,6 +465,7 @@ VIEW_SQL: dict[str, str] = {
     "budgets": _BUDGETS,
     "constitutions": _CONSTITUTIONS,
     "agent_calls": _AGENT_CALLS,
+    "amendments": _AMENDMENTS,
 }
 
 VIEWS: tuple[str, ...] = tuple(VIEW_DOCS)

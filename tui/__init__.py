@@ -1,3 +1,4 @@
-"""The operator console (Textual). Not built yet; it will read the same live status the
-controller publishes for `charter status` (`controller.live.status`, `.charter/status.json` and the
-control socket) and never open the ledger file while a session runs."""
+"""The operator console, `charter tui` (Textual): `app` composes it, `feed` brings its data (the
+controller's live channel while one runs, the ledger file read-only when none does), `model` folds
+ledger events into what it shows, `components/` holds one widget or screen per module, `cli` is its
+subcommand. It never holds the ledger file while a session runs."""

@@ -151,7 +151,8 @@ def immutable_problems(work_dir: Path, rules: Constitution) -> list[str]:
         if not p.is_file() or p.is_symlink():
             problems.append(f"immutable file {rel} is missing")
         elif pin and file_sha256(p) != pin:
-            problems.append(f"immutable file {rel} does not match its pin")
+            problems.append(f"immutable file {rel} does not match its pin (restore it with git checkout; only an "
+                            f"applied amendment changes it: charter amend propose --immutable {rel}=NEW_FILE)")
     return problems
 
 

@@ -925,7 +925,8 @@ class _Log:
     def __init__(self, path: Path | None):
         # O_NOFOLLOW: the run dir is writable by the code, so never follow a link planted there
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        self.file = os.fdopen(os.open(path, flags, 0o644), "wb") if path else None
+        # unbuffered: what the run printed is on disk at once, for the operator's live tail
+        self.file = os.fdopen(os.open(path, flags, 0o644), "wb", buffering=0) if path else None
         self.written = 0
         self.tail = bytearray()
 

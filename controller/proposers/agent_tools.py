@@ -46,6 +46,12 @@ TOOLS: list[dict[str, Any]] = [
     {"name": "write_file", "description": "Replace the whole content of an editable file.",
      "input_schema": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
                       "required": ["path", "content"]}},
+    {"name": "propose_amendment", "description": "Ask the people who govern this lab to change a rule of the "
+     "constitution (for example settings [\"budgets.session.experiments=60\"]). It never takes effect in this "
+     "session: it is filed as an amendment proposed by you when the session ends, and people ratify it or not.",
+     "input_schema": {"type": "object", "properties": {"settings": {"type": "array", "items": {"type": "string"}},
+                                                       "why": {"type": "string"}},
+                      "required": ["settings", "why"]}},
     {"name": "submit", "description": "Propose your edits as one experiment and end your turn. description: one line "
      "saying what changed; hypothesis: one line saying why it should lower val_bpb; lesson: one line you learned "
      "from the results so far (kept in your journal for later experiments).",
@@ -54,11 +60,20 @@ TOOLS: list[dict[str, Any]] = [
                       "required": ["description", "hypothesis"]}},
 ]
 _SCHEMAS = {t["name"]: t["input_schema"] for t in TOOLS}
-_TYPES = {"string": str, "integer": int}
+_TYPES = {"string": str, "integer": int, "array": list}
+MAX_AMENDMENT_REQUESTS = 3  # per proposing step
 
 
 class ToolError(Exception):
     """A tool call the scope refuses or can't carry out; the message goes back to the model."""
+
+
+@dataclass(frozen=True)
+class AmendmentRequest:
+    """An agent's request to change a rule: `KEY=VALUE` settings and why. Filed after the session."""
+
+    settings: tuple[str, ...]
+    why: str
 
 
 @dataclass
@@ -67,6 +82,7 @@ class ToolScope:
     readable: list[str]
     refusals: list[str] = field(default_factory=list)  # every refused call of the step, one line each
     submitted: Proposal | None = None
+    amendments: list[AmendmentRequest] = field(default_factory=list)
 
     def call(self, name: Any, arguments: Any) -> tuple[str, bool]:
         """(result text, is_error) for one tool use; a refusal is recorded in `refusals`."""
@@ -112,6 +128,24 @@ class ToolScope:
 
     def _write_file(self, path: str, content: str) -> str:
         return self._write(self._writable(path), content)
+
+    def _propose_amendment(self, settings: list, why: str) -> str:
+        from amendments.patch import PatchError, parse_setting  # the same parser as `charter amend propose --set`
+
+        if len(self.amendments) >= MAX_AMENDMENT_REQUESTS:
+            raise ToolError(f"at most {MAX_AMENDMENT_REQUESTS} amendment requests per proposal")
+        if not settings or not all(isinstance(s, str) and _encodable(s) and len(s) <= 300 for s in settings) or len(settings) > 20:
+            raise ToolError("settings must be 1 to 20 strings KEY=VALUE, e.g. budgets.session.experiments=60")
+        if not why.strip():
+            raise ToolError("an amendment needs a reason (why)")
+        for s in settings:
+            try:
+                parse_setting(s)
+            except PatchError as e:
+                raise ToolError(str(e)) from None
+        self.amendments.append(AmendmentRequest(tuple(settings), brief.clean(why, 500)))
+        return ("noted: it will be filed as an amendment proposed by you when this session ends; "
+                "it changes nothing until people ratify and apply it")
 
     def _submit(self, description: str, hypothesis: str, lesson: str = "") -> str:
         files = self.changed()

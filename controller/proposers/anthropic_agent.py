@@ -30,7 +30,7 @@ import anthropic
 
 from constitution import Constitution
 from controller.proposers import brief
-from controller.proposers.agent_tools import TOOLS, ToolScope
+from controller.proposers.agent_tools import TOOLS, AmendmentRequest, ToolScope
 from controller.proposers.base import AgentUsage, ProposalContext, ProposerResult
 from controller.proposers.registry import ProposerError, ProposerOptions
 
@@ -58,20 +58,23 @@ class AnthropicProposer:
                  sleep: Callable[[float], None] = time.sleep):
         self.rules, self.client, self.backoff_s, self.sleep = rules, client, backoff_s, sleep
         self.model = rules.proposer.model
+        self.amendment_requests: list[AmendmentRequest] = []  # filed by `charter run` when the session ends
         self.tools = [dict(t) for t in TOOLS]
         self.tools[-1] = dict(self.tools[-1], cache_control={"type": "ephemeral"})
 
     # -- one proposing step ---------------------------------------------------------------------
     def propose(self, ctx: ProposalContext) -> ProposerResult:
         calls: list[AgentUsage] = []
+        scope = ToolScope(ctx, list(self.rules.proposer.readable))
         try:
-            return self._propose(ctx, calls)
+            return self._propose(ctx, calls, scope)
         except Exception as e:  # whatever breaks, the calls made so far are still ledgered and paid for
             return ProposerResult(None, calls=tuple(calls), failure=f"the agent step broke: {type(e).__name__}: {brief.clean(str(e), 200)}")
+        finally:
+            self.amendment_requests += scope.amendments
 
-    def _propose(self, ctx: ProposalContext, calls: list[AgentUsage]) -> ProposerResult:
+    def _propose(self, ctx: ProposalContext, calls: list[AgentUsage], scope: ToolScope) -> ProposerResult:
         p = self.rules.proposer
-        scope = ToolScope(ctx, list(p.readable))
         system = [{"type": "text", "text": brief.system_prompt(ctx.readable.get("program.md", ""), self.rules),
                    "cache_control": {"type": "ephemeral"}}]
         messages: list[dict[str, Any]] = [{"role": "user", "content": first_message(ctx, self.rules)}]
@@ -98,7 +101,7 @@ class AnthropicProposer:
                 results.append({"type": "tool_result", "tool_use_id": use.id, "content": text, "is_error": is_error})
                 calls[-1] = _with_tools(calls[-1], scope.refusals[before:])
                 if scope.submitted is not None:
-                    return ProposerResult(scope.submitted, calls=tuple(calls))
+                    return ProposerResult(dataclasses.replace(scope.submitted, source=f"anthropic:{self.model}"), calls=tuple(calls))
             if not results:  # an answer without tool use: remind, once per turn, that only submit ends it
                 results = [{"type": "text", "text": "Use the tools: edit an editable file, then call submit."}]
             messages.append({"role": "user", "content": results})
@@ -234,6 +237,8 @@ def _retry_after(e: anthropic.APIStatusError) -> float | None:
 
 
 def build(options: ProposerOptions) -> AnthropicProposer:
+    if not options.rules.proposer.model:
+        raise ProposerError("proposer kind 'anthropic' needs proposer.model (charter init --proposer anthropic --model MODEL)")
     key = os.environ.get("ANTHROPIC_API_KEY", "")
     if not key:
         raise ProposerError("proposer kind 'anthropic' needs ANTHROPIC_API_KEY in the environment")

@@ -46,6 +46,8 @@ def rules_in_words(rules: Constitution) -> str:
         f"{d.confirmation_runs} confirmation runs. Otherwise it is reverted.",
         f"- A session runs at most {s.experiments} experiments; agent spend is capped at {s.agent_tokens} "
         f"tokens and ${s.agent_dollars:g} per session.",
+        "- These rules change only by an amendment that people ratify between sessions; you may ask for one "
+        "(propose_amendment, where you have it), and it never takes effect in the session you ask in.",
     ]
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,6 +129,8 @@ class Session:
         self.recorder: Recorder | None = None
         self.state: SessionState | None = None
         self.stop_requested = threading.Event()
+        self.stop_reason: str | None = None  # a signal's stop: why the session ended
+        self.listeners: list[Callable[[Event], None]] = []  # told of every recorded event (Recorder.listeners)
         self.commands: queue.Queue[Command] = queue.Queue()
         self.level = ""
         self.proposed: tuple[int, P.Proposed] | None = None  # the experiment in hand and its proposed event
@@ -197,6 +200,11 @@ class Session:
 
     def apply_command(self, cmd: Command) -> dict[str, Any]:
         by = f"person:{cmd.by}"
+        a = self.rules.amendment
+        if cmd.op == "resume" and self.gate.gate == GateState.STOP and a.require_signatures and a.ratifiers:
+            # the live channel carries no signature: a signed resume is made once the session has ended
+            return {"ok": False, "error": "resume from STOP needs a ratifier's signature in this lab; the session "
+                                          "ends at STOP: then `charter resume --key PRIVATE_KEY ...`"}
         try:
             t = self.gate.operator(cmd.op, by, cmd.reason)
         except MachineError as e:  # e.g. a pause at STOP: refused, and nothing is recorded
@@ -250,19 +258,36 @@ class Session:
     def run(self) -> dict[str, Any]:
         with Ledger.open(self.lab.ledger_path, wait_s=15) as led:
             self.led = led
-            self.recorder = Recorder(led, self.lab.state_dir)
+            self.recorder = Recorder(led, self.lab.state_dir, listeners=self.listeners)
             server = LiveServer(self.lab.state_dir, self)
             server.start()
-            old_term = signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+            old_term = signal.signal(signal.SIGTERM, lambda *_: self.request_stop("stopped by SIGTERM"))
+            old_int = signal.signal(signal.SIGINT, self._on_interrupt)
             try:
                 self.start_or_resume()
                 reason = self.loop()
                 return self.end(reason)
             finally:
                 signal.signal(signal.SIGTERM, old_term)
+                signal.signal(signal.SIGINT, old_int)
                 self.recorder.wake()
                 server.close()
                 self.led = None
+
+    def request_stop(self, why: str) -> None:
+        """Stop at once (a signal): nothing new starts and the run in flight is killed, so its
+        experiment is recorded as interrupted; the session then ends with `why` as its reason."""
+        self.stop_reason = self.stop_reason or why
+        self.stop_requested.set()
+        flight = self.inflight  # read once: the loop may clear it at any moment
+        if flight is not None and flight.pid:
+            kill_tree(flight.pid)
+
+    def _on_interrupt(self, *_: object) -> None:
+        """Ctrl-C: the first stops the session as SIGTERM does; a second one quits at once."""
+        if self.stop_requested.is_set() and self.stop_reason:
+            raise KeyboardInterrupt
+        self.request_stop("stopped by Ctrl-C (SIGINT)")
 
     def _load_rules(self, history: list[Event]) -> None:
         """The committed constitution, which must be the one in force (or its recorded successor)."""
@@ -371,11 +396,11 @@ class Session:
         if s.baseline_bpb is None and self.gate.gate != GateState.STOP:
             self.baseline()
             if s.baseline_bpb is None:
-                return "the baseline did not train and evaluate; nothing to compare against (see its decided event)"
+                return self.stop_reason or "the baseline did not train and evaluate; nothing to compare against (see its decided event)"
         while True:
             self.drain_commands()
             if self.stop_requested.is_set() or self.gate.gate == GateState.STOP:
-                return "gate at STOP: a person must `charter resume --reason ... --by ...`"
+                return self.stop_reason or "gate at STOP: a person must `charter resume --reason ... --by ...`"
             if self.gate.gate == GateState.FREEZE:
                 action = freeze_action(self.gate.held_by_operator, self._firing(), s.repairs)
                 if action.step == FreezeStep.WAIT:
@@ -490,10 +515,11 @@ class Session:
         return agent_identity(model) if model else CONTROLLER
 
     def _readable(self) -> dict[str, str]:
-        """Text of the lab files an agent may read besides the editable ones: plain files inside the
-        lab, at most 1 MB each; a link or anything else is left out, never followed."""
+        """Text of the lab files an agent may read besides the editable ones, and program.md (the
+        brief every agent gets): plain files inside the lab, at most 1 MB each; a link or anything
+        else is left out, never followed."""
         out = {}
-        for rel in self.rules.proposer.readable:
+        for rel in dict.fromkeys(["program.md", *self.rules.proposer.readable]):
             path = self.lab.root / rel
             try:
                 if path.resolve() != self.lab.root.resolve() / rel:  # a link somewhere on the way

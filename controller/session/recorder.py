@@ -3,8 +3,9 @@
 Every event of a session goes through `Recorder.record(payload, ...)`, from the loop thread and
 from the live channel's threads (notes, operator commands) alike. Under one lock it appends the
 typed payload to the ledger, keeps the session's events for budget accounting, writes
-`status.json` (the only writer of that file while the session runs) and wakes subscribers
-waiting in `wait_for_event`. Nothing else in the session touches the ledger for writing.
+`status.json` (the only writer of that file while the session runs), wakes subscribers
+waiting in `wait_for_event` and tells its `listeners` (e.g. `charter run`'s narrator) of each
+event in seq order. Nothing else in the session touches the ledger for writing.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ CONTROLLER = "controller"
 
 
 class Recorder:
-    def __init__(self, led: Ledger, state_dir: Path, snapshot: Callable[[], Any] | None = None):
+    def __init__(self, led: Ledger, state_dir: Path, snapshot: Callable[[], Any] | None = None,
+                 listeners: list[Callable[[Event], None]] | None = None):
         self.led = led
         self.state_dir = state_dir
         self.snapshot = snapshot  # builds the status to publish; None until the session is set up
         self.session: str | None = None
         self.session_events: list[Event] = []  # this session's, for budgets and status
+        # called under the lock (so in seq order) with each recorded event; a listener must not
+        # block (put it on a queue) and its failure never reaches the session
+        self.listeners: list[Callable[[Event], None]] = list(listeners or [])
         self._lock = threading.RLock()
         self._new_event = threading.Condition(self._lock)
         head = led.head()
@@ -45,6 +50,7 @@ class Recorder:
             self._head_seq = ev.seq
             self._publish_locked()
             self._new_event.notify_all()
+            self._tell_locked([ev])
         self._maybe_fault(ev.kind)
         return ev
 
@@ -60,6 +66,7 @@ class Recorder:
             self._head_seq = events[-1].seq
             self._publish_locked()
             self._new_event.notify_all()
+            self._tell_locked(events)
         for ev in events:
             self._maybe_fault(ev.kind)
         return events
@@ -72,6 +79,14 @@ class Recorder:
     def _publish_locked(self) -> None:
         if self.snapshot is not None:
             write_status(self.state_dir, self.snapshot())
+
+    def _tell_locked(self, events: list[Event]) -> None:
+        for listener in self.listeners:
+            for ev in events:
+                try:
+                    listener(ev)
+                except Exception:  # a listener (a printer) must never fail a recording
+                    pass
 
     def wait_for_event(self, after_seq: int, timeout: float) -> int:
         """Block until the ledger's head is past `after_seq` (or `timeout` s); the head seq."""

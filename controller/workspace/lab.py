@@ -147,7 +147,49 @@ def set_proposer(text: str, choice: ProposerChoice) -> str:
     return tomlkit.dumps(doc)
 
 
-def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice | None = None) -> Lab:
+@dataclass(frozen=True)
+class RatifierChoice:
+    """A person `charter init --ratifier NAME=PUBKEY_FILE` lists in version 1, with their SSH public key."""
+
+    name: str
+    key: str  # one OpenSSH public key line
+
+
+def read_ratifier(spec: str) -> RatifierChoice:
+    """`NAME=PUBKEY_FILE` -> a RatifierChoice with the key file's one line; LabError naming the mistake."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise LabError(f"--ratifier {spec!r}: write NAME=PUBKEY_FILE, e.g. alice=~/.ssh/id_ed25519.pub")
+    file = Path(path.strip()).expanduser()
+    try:
+        data = file.read_bytes()[:20_000]
+    except OSError as e:
+        raise LabError(f"--ratifier {name.strip()}: can't read {file} ({e.strerror})") from None
+    lines = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip() and not ln.startswith("#")]
+    if len(lines) != 1:
+        raise LabError(f"--ratifier {name.strip()}: {file} must hold one OpenSSH public key line (TYPE BASE64 comment), "
+                       f"found {len(lines)} lines; give the .pub file, never the private key")
+    if "PRIVATE KEY" in lines[0]:
+        raise LabError(f"--ratifier {name.strip()}: {file} is a private key; give its .pub file")
+    return RatifierChoice(name.strip(), lines[0].strip())
+
+
+def set_ratifiers(text: str, ratifiers: list[RatifierChoice]) -> str:
+    """Constitution text with amendment.ratifiers set to `ratifiers` (one inline table each),
+    comments and layout kept."""
+    doc = tomlkit.parse(text)
+    items = tomlkit.array()
+    for r in ratifiers:
+        t = tomlkit.inline_table()
+        t.update({"name": r.name, "key": r.key})
+        items.append(t)
+    items.multiline(True)
+    doc["amendment"]["ratifiers"] = items
+    return tomlkit.dumps(doc)
+
+
+def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice | None = None,
+             ratifiers: list[RatifierChoice] | None = None) -> Lab:
     root = Path(root).absolute()
     if root.exists() and not root.is_dir():
         raise LabError(f"{root} exists and is not a directory")
@@ -156,7 +198,7 @@ def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        return _populate(Lab(root), actor, proposer)
+        return _populate(Lab(root), actor, proposer, ratifiers or [])
     except BaseException:
         # leave nothing half-made behind: the directory was empty (or absent) before
         if created:
@@ -170,7 +212,8 @@ def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice
         raise
 
 
-def _populate(lab: Lab, actor: str, proposer: ProposerChoice | None = None) -> Lab:
+def _populate(lab: Lab, actor: str, proposer: ProposerChoice | None = None,
+              ratifiers: list[RatifierChoice] | None = None) -> Lab:
     root = lab.root
 
     for name, data in template_files().items():
@@ -185,6 +228,9 @@ def _populate(lab: Lab, actor: str, proposer: ProposerChoice | None = None) -> L
     if proposer is not None:
         text = set_proposer(text, proposer)
         constitution.parse_text(text, "constitution.toml")  # a bad choice is refused before anything is made
+    if ratifiers:
+        text = set_ratifiers(text, ratifiers)
+        constitution.parse_text(text, "constitution.toml")  # a bad key or too few ratifiers: refused here
     lab.constitution_path.write_text(text)
     rules = lab.load_constitution()
 

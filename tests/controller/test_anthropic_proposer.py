@@ -60,6 +60,19 @@ def query(lab, sql):
         con.close()
 
 
+def scripted_training(monkeypatch, baseline=2.5, candidate=2.0):
+    """Training replaced by scripted scores (the baseline, then every candidate), for tests about
+    proposing, not training: the rest of the session (ledger, budgets, gates, git) is real."""
+    from controller.execution.runner import RunOutcome
+    from controller.execution.sandbox import SandboxResult
+
+    def run_job(self, n, commit, run_index, description, seed_offset=0):
+        t = SandboxResult(0, False, False, 1.0, 10.0, "none", "", stopped=True, exit_seconds=1.0)
+        return RunOutcome("ok", "", baseline if n == 0 else candidate, t, None, {})
+
+    monkeypatch.setattr(Session, "run_job", run_job)
+
+
 def lr_edit(new="1e-2", lesson="", read=True):
     """A read -> edit -> submit conversation that sets the learning rate."""
     return [reply(tool_use("read_file", path="train.py"))] * read + [
@@ -90,7 +103,8 @@ def test_a_full_cycle_read_edit_submit_train_keep(make_lab, monkeypatch):
     assert "# Research brief" in first["system"][0]["text"] and "You may change only: train.py" in first["system"][0]["text"]
     sent = server.headers[0]  # the SDK's choice of header for the key
     assert sent.get("x-api-key") == "test-key" or sent.get("authorization") == "Bearer test-key"
-    assert {t["name"] for t in first["tools"]} == {"list_files", "read_file", "history", "run_log", "edit_file", "write_file", "submit"}
+    assert {t["name"] for t in first["tools"]} == {"list_files", "read_file", "history", "run_log", "edit_file", "write_file",
+                                                   "propose_amendment", "submit"}
     # one agent_calls row per Messages call, with the server's usage and dollars at the constitution's prices
     rows = query(lab, "select * from agent_calls order by seq")
     assert len(rows) == len(server.replies) == 3
@@ -108,10 +122,12 @@ def test_a_full_cycle_read_edit_submit_train_keep(make_lab, monkeypatch):
     assert spent == pytest.approx(sum(r["dollars"] for r in rows))
     proposed = [e for e in events(lab, EventKind.PROPOSED) if e.experiment == 1][0]
     assert proposed.actor == f"agent:{MODEL}" and proposed.payload["lesson"] == "the rate was far too low"
+    assert proposed.payload["source"] == f"anthropic:{MODEL}"
     assert events(lab, EventKind.HARM_PASSED)  # the agent's proposal went through the harm test
 
 
-def test_tool_calls_outside_scope_are_refused_and_ledgered(make_lab):
+def test_tool_calls_outside_scope_are_refused_and_ledgered(make_lab, monkeypatch):
+    scripted_training(monkeypatch)
     lab = make_lab(rules=LAB, train=SLOW_LR)
     prepare_before = (lab.root / "prepare.py").read_bytes()
     script = [
@@ -163,7 +179,8 @@ def test_instructions_printed_by_a_run_reach_the_agent_only_as_fenced_data(make_
     assert "write_file(prepare.py)" in refused
 
 
-def test_no_call_is_made_that_the_token_budget_cannot_pay(make_lab):
+def test_no_call_is_made_that_the_token_budget_cannot_pay(make_lab, monkeypatch):
+    scripted_training(monkeypatch)
     lab = make_lab(rules={**LAB, "agent_tokens = 2000000 ": "agent_tokens = 100 "}, train=SLOW_LR)
     with MessagesServer(lr_edit()) as server:
         summary = Session(lab, proposer_for(lab, server), tag="poor", max_experiments=3).run()
@@ -174,7 +191,8 @@ def test_no_call_is_made_that_the_token_budget_cannot_pay(make_lab):
     assert events(lab, EventKind.AGENT_CALL) == []
 
 
-def test_dollars_never_exceed_the_budget(make_lab):
+def test_dollars_never_exceed_the_budget(make_lab, monkeypatch):
+    scripted_training(monkeypatch)
     # expensive output: each call's worst case is max_tokens_per_call x the output price
     lab = make_lab(rules={**LAB, "agent_dollars = 20.0 ": "agent_dollars = 0.05 ", "max_tokens_per_call = 8192": "max_tokens_per_call = 1000",
                           "output_per_mtok = 15.0": "output_per_mtok = 20.0"}, train=SLOW_LR)
@@ -187,7 +205,8 @@ def test_dollars_never_exceed_the_budget(make_lab):
     assert "agent_dollars would be exceeded" in summary["reason"]
 
 
-def test_429_500_and_overloaded_are_retried_and_each_attempt_recorded(make_lab):
+def test_429_500_and_overloaded_are_retried_and_each_attempt_recorded(make_lab, monkeypatch):
+    scripted_training(monkeypatch)
     lab = make_lab(rules=LAB, train=SLOW_LR)
     script = [error(429, "rate_limit_error", retry_after=0), error(500, "api_error"), error(529, "overloaded_error"), *lr_edit()]
     with MessagesServer(script) as server:
@@ -199,7 +218,8 @@ def test_429_500_and_overloaded_are_retried_and_each_attempt_recorded(make_lab):
     assert [str(e.decision) for e in events(lab, EventKind.DECIDED)] == ["baseline", "keep"]
 
 
-def test_an_api_that_keeps_failing_is_recorded_and_moves_the_gate(make_lab):
+def test_an_api_that_keeps_failing_is_recorded_and_moves_the_gate(make_lab, monkeypatch):
+    scripted_training(monkeypatch)
     lab = make_lab(rules={**LAB, "retries = 4 ": "retries = 1 "}, train=SLOW_LR)
     with MessagesServer([error(500, "api_error")] * 20) as server:
         summary = Session(lab, proposer_for(lab, server), tag="down", max_experiments=5).run()
@@ -273,3 +293,35 @@ def test_building_without_a_key_is_one_line(monkeypatch):
     from controller.proposers import ProposerError
     with pytest.raises(ProposerError, match="ANTHROPIC_API_KEY"):
         make_proposer("anthropic", ProposerOptions(rules=rules_with()))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")  # `charter run --proposer anthropic` on a lab without a model
+    with pytest.raises(ProposerError, match="needs proposer.model"):
+        make_proposer("anthropic", ProposerOptions(rules=constitution.load_default()))
+
+
+def test_the_agent_may_ask_for_an_amendment_and_people_decide(make_lab, monkeypatch, tmp_path, capsys):
+    import subprocess
+    from controller.cli import main
+    keys = {}
+    for name in ("alice", "bob"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+        keys[name] = (tmp_path / f"{name}.pub").read_text().strip()
+    listed = ", ".join(f'{{ name = "{n}", key = "{k}" }}' for n, k in keys.items())
+    lab = make_lab(rules={**LAB, "ratifiers = []": f"ratifiers = [{listed}]"}, train=SLOW_LR)
+    scripted_training(monkeypatch)
+    script = [reply(tool_use("propose_amendment", settings=["budgets.session.experiments=60"], why="longer sessions find more"),
+                    tool_use("propose_amendment", settings=["no_such.key=1"], why="x"),
+                    tool_use("propose_amendment", settings=["budgets.session.experiments="], why="x")),
+              *lr_edit()]
+    with MessagesServer(script) as server:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        assert main(["run", "--lab", str(lab.root), "--max-experiments", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"amendment asked for by agent:{MODEL} not filed" in out and "no_such" in out  # the schema says no, in one line
+    results = tool_results(server.requests[1])
+    assert [r["is_error"] for r in results] == [False, False, True]  # a malformed setting is refused at once
+    rows = query(lab, "select * from amendments")
+    assert len(rows) == 1 and rows[0]["proposer"] == f"agent:{MODEL}" and rows[0]["status"] == "pending"
+    assert lab.load_constitution().budgets.session.experiments == 40  # nothing changes until people ratify and apply
+    refused = main(["amend", "ratify", "--lab", str(lab.root), rows[0]["id"], "--by", f"agent:{MODEL}"])
+    assert refused != 0

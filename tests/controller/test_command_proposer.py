@@ -182,8 +182,8 @@ def test_each_run_is_one_agent_call_row(bare_lab, tmp_path):
 
 # -- through a session: the ledger's view ------------------------------------------------------
 
-def test_a_good_edit_goes_through_the_loop(make_lab):
-    lab = make_lab(rules=command_rules("good"))
+def test_a_good_edit_is_kept_through_the_loop(make_lab):
+    lab = make_lab(rules=command_rules("good"), train={"LEARNING_RATE": "1e-5"})  # a baseline that barely learns
     proposer, summary = session(lab)
     proposed = [e for e in events(lab, EventKind.PROPOSED) if e.experiment == 1]
     assert len(proposed) == 1
@@ -194,8 +194,11 @@ def test_a_good_edit_goes_through_the_loop(make_lab):
     committed = [e for e in events(lab, EventKind.COMMITTED) if e.experiment == 1]
     assert "+LEARNING_RATE = 2.5e-3" in committed[0].payload["diff"]
     decided = {e.experiment: str(e.decision) for e in events(lab, EventKind.DECIDED)}
-    assert decided[0] == "baseline" and decided[1] in ("keep", "discard")
+    assert decided == {0: "baseline", 1: "keep"}
+    assert "LEARNING_RATE = 2.5e-3" in (lab.root / "train.py").read_text()
     assert summary["experiments"] == 1 and events(lab, EventKind.PROPOSER_FAILED) == []
+    calls = [e for e in events(lab, EventKind.AGENT_CALL) if e.experiment == 1]
+    assert len(calls) == 1 and calls[0].actor == f"agent:{PROGRAM}" and calls[0].payload["stop_reason"] == "exit 0"
 
 
 def test_an_edit_outside_scope_is_refused_with_its_paths(make_lab):

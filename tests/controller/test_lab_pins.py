@@ -92,3 +92,13 @@ def test_a_missing_key_is_one_line_naming_it(path, shown):
 def test_invalid_toml_is_a_lab_error():
     with pytest.raises(LabError, match="not valid TOML"):
         set_pins("[evaluation\n", {DATA: "0" * 64})
+
+
+def test_a_changed_immutable_file_names_the_legal_path(tmp_path):
+    from controller.execution.runner import immutable_problems
+    from controller.workspace.lab import init_lab
+    lab = init_lab(tmp_path / "lab")
+    assert immutable_problems(lab.root, lab.load_constitution()) == []
+    (lab.root / "program.md").write_text("# a new brief, by hand\n")
+    (problem,) = immutable_problems(lab.root, lab.load_constitution())
+    assert "program.md does not match its pin" in problem and "charter amend propose --immutable program.md=" in problem

@@ -1,0 +1,72 @@
+"""`charter tui [--lab DIR] [--by NAME] [--refresh S] [--serve [--host H] [--port N]]`: the console.
+
+`add_parser(subparsers)` is the one hook `controller.cli.build_parser` calls; the console itself
+is `tui.app.CharterApp`. NAME defaults to the login user and must name a person
+(`controller.policy.identity.person_refusal`): the console's pause, stop, resume and notes are
+ledgered with it. `--serve` serves the same console to a browser through textual-serve (an
+optional dependency, `pip install -e ".[serve]"`): every browser tab runs its own console process
+acting as NAME, so it binds to 127.0.0.1 unless `--host` says otherwise, and says so when it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from controller.policy.identity import person_refusal
+
+MIN_REFRESH_S = 0.2
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from tui.app import CharterApp, default_operator  # textual loads only for this command
+    from controller.workspace.lab import find_lab
+
+    by = args.by or default_operator()
+    refusal = person_refusal(by)
+    if refusal:
+        print(f"charter: --by {refusal}", file=sys.stderr)
+        return 2
+    if args.refresh < MIN_REFRESH_S:
+        print(f"charter: --refresh must be at least {MIN_REFRESH_S} s, got {args.refresh:g}", file=sys.stderr)
+        return 2
+    lab = find_lab(args.lab)
+    if args.serve:
+        return serve(lab.root, by, args)
+    CharterApp(lab, by, refresh_s=args.refresh).run()
+    return 0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(lab_root, by: str, args: argparse.Namespace) -> int:
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        print('charter: --serve needs textual-serve: pip install -e ".[serve]"', file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536:
+        print(f"charter: --port must be between 1 and 65535, got {args.port}", file=sys.stderr)
+        return 2
+    command = shlex.join([sys.executable, "-m", "controller.cli", "tui", "--lab", str(lab_root), "--by", by,
+                          "--refresh", str(args.refresh)])
+    print(f"charter: serving the console of {lab_root} at http://{args.host}:{args.port} as person:{by} (Ctrl-C ends it)")
+    if args.host not in LOOPBACK:
+        print(f"charter: warning: {args.host} is reachable from other machines; whoever opens the page can pause, "
+              f"stop and resume as {by}", file=sys.stderr)
+    Server(command, host=args.host, port=args.port, title=f"charter · {lab_root.name}").serve()
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    sp = subparsers.add_parser("tui", help="the operator's console: gate, experiment in flight, budgets, chart; pause/stop/resume/note/query")
+    sp.add_argument("--lab", help="lab directory (default: $CHARTER_LAB, then ./lab)")
+    sp.add_argument("--by", help="who acts from the console (default: the login user)")
+    sp.add_argument("--refresh", type=float, default=1.0, help="seconds between status reads (default 1)")
+    sp.add_argument("--serve", action="store_true", help="serve the console to a browser (textual-serve)")
+    sp.add_argument("--host", default="127.0.0.1", help="with --serve: the address to bind (default 127.0.0.1, this machine only)")
+    sp.add_argument("--port", type=int, default=8000, help="with --serve: the port (default 8000)")
+    sp.set_defaults(func=cmd_tui)
+    return sp
