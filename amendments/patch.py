@@ -19,7 +19,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Array, Table
 
-from amendments.diff import key_text
+from constitution.diff import key_text
 from amendments.errors import AmendmentRefused
 
 

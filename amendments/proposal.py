@@ -23,7 +23,7 @@ import tomlkit
 
 from constitution import Constitution, ConstitutionError, check_succession, constitution_hash, parse_text
 
-from amendments.diff import Change, semantic_diff
+from constitution.diff import Change, semantic_diff
 from amendments.errors import AmendmentRefused
 from amendments.tiers import Classification, classify
 

@@ -18,7 +18,7 @@ from typing import Any
 from constitution import Constitution
 from constitution.schema import GATE_SEVERITY, GateState
 
-from amendments.diff import ABSENT, Change
+from constitution.diff import ABSENT, Change
 
 
 class Tier(IntEnum):

@@ -11,13 +11,12 @@ session's `constitution_loaded` event recorded, or the hashes where none were re
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import constitution
 from constitution import Constitution
+from constitution.diff import semantic_diff, value_text
 from constitution.loader import validate_data
 from ledger import EventKind, payloads
 
@@ -121,10 +120,8 @@ def changed_keys(old_rules: dict[str, Any], new_rules: dict[str, Any]) -> list[s
     change is named where it happened; lists of plain values are compared whole. Keys that are not
     bare TOML keys are quoted as TOML writes them (evaluation.immutable."prepare.py").
     """
-    found: list[tuple[tuple, str]] = []
-    _diff((), old_rules, new_rules, found)
-    found.sort(key=lambda item: item[0])
-    return [line for _, line in found]
+    return [f"{c.key}: {value_text(c.old, MAX_VALUE_CHARS)} -> {value_text(c.new, MAX_VALUE_CHARS)}"
+            for c in semantic_diff(old_rules, new_rules)]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -167,47 +164,3 @@ def _amendment_making(digest: str, events: list[Any]) -> payloads.AmendmentAppli
     return found
 
 
-class _Absent:
-    """Stands in for a key one side lacks (a real value can never be it)."""
-
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-ABSENT = _Absent()
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key_text(path: tuple) -> str:
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            name = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
-            text += f".{name}" if text else name
-    return text
-
-
-def _value_text(value: Any) -> str:
-    if value is ABSENT:
-        return "(absent)"
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    if len(text) > MAX_VALUE_CHARS:
-        text = text[: MAX_VALUE_CHARS - 3] + "..."
-    return text
-
-
-def _is_table_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _diff(path: tuple, old: Any, new: Any, found: list[tuple[tuple, str]]) -> None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            _diff(path + (key,), old.get(key, ABSENT), new.get(key, ABSENT), found)
-    elif _is_table_list(old) and _is_table_list(new):
-        for i in range(max(len(old), len(new))):
-            _diff(path + (i,), old[i] if i < len(old) else ABSENT, new[i] if i < len(new) else ABSENT, found)
-    elif old != new or type(old) is not type(new):
-        found.append((path, f"{_key_text(path)}: {_value_text(old)} -> {_value_text(new)}"))

@@ -9,7 +9,7 @@ import pytest
 
 import constitution
 from constitution import ConstitutionError, constitution_hash
-from amendments.diff import ABSENT, semantic_diff
+from constitution.diff import ABSENT, semantic_diff
 from amendments.errors import AmendmentRefused
 from amendments.patch import apply_settings, parse_setting
 from amendments.proposal import amendment_id, build_proposal, file_name, read_file, render_file, slug

@@ -4,7 +4,8 @@ Both sides are validated constitutions dumped to JSON data (`model_dump(mode="js
 comments, key order and formatting never show up as changes and defaults are filled in. Tables
 are walked key by key and lists of tables item by item (`gates.rules[2].threshold`), so a change
 is named where it happened; lists of plain values (`scope.editable`) are one change, compared
-whole. Pure: data in, `Change` values out; `Change.words` is the line a person reads.
+whole. Pure: data in, `Change` values out; `Change.words` is the line a person reads. Used by
+amendments (what a proposal changes) and by the session-start check (what a hand edit changed).
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def key_text(path: tuple[str | int, ...]) -> str:
     return text
 
 
-def value_text(value: Any) -> str:
+def value_text(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
     if value is ABSENT:
         return "(absent)"
     text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_table_list(value: Any) -> bool:
