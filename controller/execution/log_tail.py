@@ -9,12 +9,10 @@ it reaches a terminal. `last_loss` picks the training loss from the trainer's st
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 
-from controller.execution.run_files import RunFileRefused
+from controller.execution.run_files import RunFileRefused, read_run_tail
 
 LOG_NAME = "train.log"
 TAIL_BYTES = 4096
@@ -31,28 +29,11 @@ def read_tail(run_dir: Path, max_bytes: int = TAIL_BYTES, name: str = LOG_NAME) 
     """The last `max_bytes` of run_dir/name, decoded and printable; "" when there is none yet.
     The file is opened without following links and without blocking (a run may plant a FIFO)."""
     try:
-        dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
-    try:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
-        except OSError:
-            return ""
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RunFileRefused(f"{name} is not a regular file")
-            start = max(0, st.st_size - max_bytes)
-            data = os.pread(fd, max_bytes, start)
-        finally:
-            os.close(fd)
+        data, cut = read_run_tail(run_dir, name, max_bytes)
     except (OSError, RunFileRefused):
         return ""
-    finally:
-        os.close(dir_fd)
     text = data.decode("utf-8", "replace")
-    if start > 0:  # the first line is cut: drop it rather than show half of it
+    if cut:  # the first line is cut: drop it rather than show half of it
         text = text.partition("\n")[2]
     return printable(text)
 

@@ -404,7 +404,7 @@ def _safe_path(change: Change) -> str | None:
     return change.path if isinstance(change.path, str) else None
 
 
-def _path_problem(path: str, editable: list[str]) -> str | None:
+def path_problem(path: str, editable: list[str]) -> str | None:
     """Why `path` may not be touched, or None when it is inside an editable entry."""
     if not path or "\x00" in path or "\\" in path or path.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", path):
         return f"{path!r} is not a lab-relative path"
@@ -488,7 +488,7 @@ def _judge_change(change: Change, scope: Scope) -> list[Refusal]:
     refusals = []
     if change.is_symlink and change.status != "D":
         refusals.append(Refusal("symlink", path, None, f"{path} would be a symlink"))
-    problem = _path_problem(path, list(scope.editable))
+    problem = path_problem(path, list(scope.editable))
     if problem:
         return refusals + [Refusal("scope", path, None, problem)]
     if change.status == "D" or refusals:

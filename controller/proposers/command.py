@@ -23,12 +23,13 @@ import shutil
 import stat
 import tempfile
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from constitution import Constitution
 from controller.execution import sandbox
 from controller.execution.runner import cache_dir
 from controller.execution.sandbox import SandboxResult, SandboxSpec
+from controller.policy.harm_test import path_problem
 from controller.proposers.base import AgentUsage, Proposal, ProposalContext, ProposerResult
 from controller.proposers.brief import clean, prompt_document
 from controller.proposers.registry import ProposerError, ProposerOptions
@@ -55,10 +56,7 @@ NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs", "/usr/share
 
 def is_editable(rel: str, editable: list[str]) -> bool:
     """The harm test's scope rule: the path is an editable entry or inside one."""
-    path = PurePosixPath(rel)
-    if ".git" in path.parts or ".charter" in path.parts:
-        return False
-    return any(path == PurePosixPath(e) or PurePosixPath(e) in path.parents for e in editable)
+    return path_problem(rel, editable) is None
 
 
 def write_copy(root: Path, ctx: ProposalContext, prompt: str, agent_uid: int | None) -> dict[str, bytes]:

@@ -34,7 +34,7 @@ from transitions import MachineError
 import constitution
 from constitution import Constitution, GateState
 from controller.execution import sandbox
-from controller.execution.run_files import RunFileRefused, read_run_file
+from controller.execution.run_files import RunFileRefused, read_run_tail
 from controller.execution.runner import (
     Job, PrepareError, RunOutcome, Runner, cache_dir, data_problems, immutable_problems, time_claim, training_kill_seconds,
     verify_data,
@@ -537,10 +537,10 @@ class Session:
             return None
         run_dir = self.lab.runs_dir / self.state.id / f"{experiment:04d}-1"
         try:
-            data = read_run_file(run_dir, "train.log", sandbox.LOG_CAP_BYTES + 4096)
+            data, _ = read_run_tail(run_dir, "train.log", max(0, max_bytes))
         except (RunFileRefused, OSError, ValueError):
             return None
-        return data[-max(0, max_bytes):].decode("utf-8", "replace")
+        return data.decode("utf-8", "replace")
 
     def _copy_editable(self, scratch: Path) -> dict[str, str]:
         """Copy the editable files (plain files only) into the proposer's scratch dir; their text."""
