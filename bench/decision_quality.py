@@ -13,12 +13,16 @@ trusted evaluator, the baseline repeats, the noise pooling, the confirmation run
   (with a 95% Clopper-Pearson interval on the rate); true keeps are helpful changes kept. It also
   reports experiments per hour with the new rule and what the old rule (one run each, a fixed
   0.01 bar, one baseline run) would have spent on the same runs.
+- `power`: each change premeasure found to help, decided by its own session on a fresh lab
+  against the baseline it was premeasured against (a baseline, then that one change): true keeps
+  are the share kept. In `keeps` a helpful change meets the incumbent of the moment, which after
+  one keep is no longer the commit its effect was measured on.
 - `survival`: an offline-proposer session of `--hours`, then every kept change re-run against
   its parent, `--repeats` runs each, interleaved: the share still better, and the session's
   confirmed gain (its best commit against the baseline commit, re-run the same way).
 - `clock`: `bench/clock.py` (wall vs cpu clock under a competing load).
 
-    python bench/decision_quality.py [--parts premeasure,keeps] [--repeats 3] [--hours 1] [--seconds 60]
+    python bench/decision_quality.py [--parts premeasure,keeps,power,survival] [--repeats 3] [--hours 1] [--seconds 60]
 
 Results also go to --out (JSON), so `keeps` can reuse an earlier `premeasure` (--premeasured FILE).
 """
@@ -226,7 +230,7 @@ def premeasure(work: Path, args, earlier: dict | None = None) -> dict:
     for label, c in earlier["changes"].items():
         runs.setdefault(label, list(c["runs"]))
     result = {"baseline": b, "changes": {}}
-    print(f"\n| change | runs | mean val_bpb | effect vs baseline | se | helps |\n|---|---|---|---|---|---|")
+    print("\n| change | runs | mean val_bpb | effect vs baseline | se | helps |\n|---|---|---|---|---|---|")
     print(f"| baseline | {len(b)} | {statistics.fmean(b):.4f} | | | |")
     for label in CANDIDATES:
         if label not in runs:
@@ -287,6 +291,31 @@ def keeps(work: Path, args, pre: dict) -> dict:
     return result
 
 
+def power(work: Path, args, pre: dict) -> dict:
+    """Each helpful change against the commit its effect was measured on: one fresh lab each."""
+    helpful = [label for label, c in pre["changes"].items() if c["helps"]]
+    rows_out = []
+    t0 = time.time()
+    for i, label in enumerate(helpful):
+        lab = make_lab(work / f"power-lab-{i}", args.seconds)
+        Session(lab, ListProposer([Item(label, "helps", CANDIDATES[label])]), tag=f"bench-power-{i}").run()
+        rows = experiments(lab)
+        base = next(r for r in rows if r["decision"] == "baseline")
+        row = next(r for r in rows if (r["source"] or "").startswith("bench:helps"))
+        rows_out.append({"label": label, "premeasured": pre["changes"][label]["effect"],
+                         "baseline": base["val_bpb"], "baseline_runs": base["runs"]}
+                        | {k: row[k] for k in ("decision", "runs", "improvement", "threshold", "reason")})
+        print(f"  {label}: {row['decision']} ({row['runs']} runs) {row['reason']}", flush=True)
+    kept = sum(r["decision"] == "keep" for r in rows_out)
+    print("\n| change | effect premeasured | decision | runs | improvement | required |\n|---|---|---|---|---|---|")
+    for r in rows_out:
+        imp = "" if r["improvement"] is None else f"{r['improvement']:+.4f}"
+        need = "" if r["threshold"] is None else f"{r['threshold']:.4f}"
+        print(f"| {r['label']} | {r['premeasured']:+.4f} | {r['decision']} | {r['runs']} | {imp} | {need} |")
+    print(f"\ntrue keeps: {kept}/{len(rows_out)} in {(time.time() - t0) / 3600:.2f} h")
+    return {"true_keeps": kept, "helpful": len(rows_out), "rows": rows_out}
+
+
 def survival(work: Path, args) -> dict:
     lab = make_lab(work / "survival-lab", args.seconds, wall_hours=args.hours)
     base_commit = lab.git.head()
@@ -322,7 +351,7 @@ def survival(work: Path, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="premeasure,keeps", help="comma-separated: premeasure, keeps, survival, clock")
+    ap.add_argument("--parts", default="premeasure,keeps", help="comma-separated: premeasure, keeps, power, survival, clock")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=60.0, help="training_seconds of every run")
     ap.add_argument("--hours", type=float, default=1.0, help="length of the survival session")
@@ -347,6 +376,10 @@ def main() -> None:
             if "premeasure" not in results:
                 raise SystemExit("keeps needs premeasure first (run it in --parts, or pass --premeasured FILE)")
             results["keeps"] = keeps(work, args, results["premeasure"])
+        elif part == "power":
+            if "premeasure" not in results:
+                raise SystemExit("power needs premeasure first (run it in --parts, or pass --premeasured FILE)")
+            results["power"] = power(work, args, results["premeasure"])
         elif part == "survival":
             results["survival"] = survival(work, args)
         elif part == "clock":
@@ -354,7 +387,7 @@ def main() -> None:
             sys.argv = [str(REPO / "bench" / "clock.py"), "--rounds", str(args.repeats), "--seconds", f"{args.seconds:g}"]
             runpy.run_path(sys.argv[0], run_name="__main__")
         else:
-            raise SystemExit(f"unknown part {part!r}: use premeasure, keeps, survival or clock")
+            raise SystemExit(f"unknown part {part!r}: use premeasure, keeps, power, survival or clock")
         save()
 
 
