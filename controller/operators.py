@@ -120,7 +120,7 @@ def operator_command(lab: Lab, op: str, by: str, reason: str, key: Path | None =
         raise OperatorRefused(f"{op} refused by the controller: {e}") from None
     if reply is not None:
         if reply.queued:
-            return reply.message or f"{op} queued; the controller applies it between steps"
+            return reply.message or f"{op} queued; the session is starting and applies it at its first step"
         return f"{op}: gate now {reply.gate} (applied by the running controller)"
     actor = f"person:{by}"
     with Ledger.open(lab.ledger_path, wait_s=5) as led:

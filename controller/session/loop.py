@@ -58,7 +58,7 @@ from controller.workspace.lab import Lab
 from ledger import Decision, Event, EventKind, Ledger, LedgerError
 from ledger import payloads as P
 
-COMMAND_WAIT_S = 20  # how long a live command waits for the loop to apply it before "queued"
+COMMAND_WAIT_S = 20  # how long a command sent before the loop starts waits for it before "queued"
 HISTORY_KINDS = [
     EventKind.SESSION_STARTED, EventKind.SESSION_RESUMED, EventKind.SESSION_ENDED, EventKind.GATE_TRANSITION,
     EventKind.DECIDED, EventKind.PROPOSED, EventKind.TRAINING_FINISHED, EventKind.EVALUATED, EventKind.AGENT_CALL,
@@ -106,7 +106,8 @@ class SessionState:
 
 @dataclass
 class Command:
-    """An operator command from the live channel, applied by the loop between steps."""
+    """An operator command from the live channel: applied at once once the loop runs, queued
+    for the loop's first step before that."""
 
     op: str
     by: str
@@ -132,6 +133,10 @@ class Session:
         self.stop_reason: str | None = None  # a signal's stop: why the session ended
         self.listeners: list[Callable[[Event], None]] = []  # told of every recorded event (Recorder.listeners)
         self.commands: queue.Queue[Command] = queue.Queue()
+        # the gate moves on the loop's thread (rules) and on live-channel threads (a person's
+        # pause, resume or stop, applied at once): one lock, so each move sees the last
+        self.gate_lock = threading.RLock()
+        self.commands_at_once = False  # set when the loop starts: the gate is restored by then
         self.level = ""
         self.proposed: tuple[int, P.Proposed] | None = None  # the experiment in hand and its proposed event
         self.proposer_overran = False  # a proposer thread abandoned at its deadline: never call it again
@@ -176,29 +181,48 @@ class Session:
         return self.record(P.Note(text[:10_000]), actor=f"person:{by or 'operator'}").seq
 
     def command(self, op: str, by: str, reason: str) -> dict[str, Any]:
-        """Called on a live-channel thread: a stop reaches an experiment in flight at once; the
-        loop applies (and ledgers) every command between steps."""
+        """Called on a live-channel thread. Once the loop runs, the command is applied and ledgered
+        at once: a pause holds FREEZE while the experiment in flight finishes (its confirmation
+        runs included; nothing new starts), and a stop also kills the run in flight. Before that
+        (a session still starting) it is queued for the loop's first step."""
         cmd = Command(op, by or "operator", reason or "")
-        self.commands.put(cmd)  # first: whatever happens next, the loop ledgers and applies it
+        if self.commands_at_once:
+            with self.gate_lock:
+                reply = self.apply_command(cmd)
+            if op == "stop" and reply.get("ok"):
+                self.kill_inflight()
+            return reply
+        self.commands.put(cmd)  # whatever happens next, the loop ledgers and applies it
         if op == "stop":
             self.stop_requested.set()
             flight = self.inflight  # read once: the loop may clear it at any moment
             if flight is not None and flight.pid:
                 kill_tree(flight.pid)
         if not cmd.done.wait(timeout=COMMAND_WAIT_S):
-            return {"ok": True, "queued": True, "message": f"{op} queued; the controller applies it between steps"}
+            return {"ok": True, "queued": True, "message": f"{op} queued; the session is starting and applies it at its first step"}
         return cmd.reply
+
+    def kill_inflight(self) -> None:
+        flight = self.inflight  # read once: the loop may clear it at any moment
+        if flight is not None and flight.pid:
+            kill_tree(flight.pid)
 
     def drain_commands(self) -> None:
         while not self.commands.empty():
             cmd = self.commands.get()
-            try:
+            with self.gate_lock:
                 cmd.reply.update(self.apply_command(cmd))
-            except Exception as e:  # report to the operator; the loop goes on
-                cmd.reply.update({"ok": False, "error": str(e) or type(e).__name__})
             cmd.done.set()
 
     def apply_command(self, cmd: Command) -> dict[str, Any]:
+        try:
+            return self._apply_command(cmd)
+        except LedgerError:
+            raise
+        except Exception as e:  # report to the operator; the loop goes on
+            return {"ok": False, "error": str(e) or type(e).__name__}
+
+    def _apply_command(self, cmd: Command) -> dict[str, Any]:
         by = f"person:{cmd.by}"
         a = self.rules.amendment
         if cmd.op == "resume" and self.gate.gate == GateState.STOP and a.require_signatures and a.ratifiers:
@@ -279,9 +303,7 @@ class Session:
         experiment is recorded as interrupted; the session then ends with `why` as its reason."""
         self.stop_reason = self.stop_reason or why
         self.stop_requested.set()
-        flight = self.inflight  # read once: the loop may clear it at any moment
-        if flight is not None and flight.pid:
-            kill_tree(flight.pid)
+        self.kill_inflight()
 
     def _on_interrupt(self, *_: object) -> None:
         """Ctrl-C: the first stops the session as SIGTERM does; a second one quits at once."""
@@ -389,6 +411,8 @@ class Session:
     # -- the loop --------------------------------------------------------------------------------
     def loop(self) -> str:
         s = self.state
+        self.commands_at_once = True  # from here a command is applied on arrival; those queued before, now
+        self.drain_commands()
         try:
             self.data = self.check_integrity()
         except SessionRefused as e:
@@ -460,8 +484,9 @@ class Session:
         problems += data_problems(data, self.rules)
         if problems:
             self.record(P.IntegrityFailure(problems), rule="integrity")
-            t = self.gate.operator_stop(CONTROLLER, "; ".join(problems))
-            self.record_transition(Transition(t.source, t.dest, "integrity", "; ".join(problems), CONTROLLER))
+            with self.gate_lock:
+                t = self.gate.operator_stop(CONTROLLER, "; ".join(problems))
+                self.record_transition(Transition(t.source, t.dest, "integrity", "; ".join(problems), CONTROLLER))
             raise SessionRefused("integrity check failed: " + "; ".join(problems))
         return data
 
@@ -753,10 +778,11 @@ class Session:
         self.evaluate_gates()
 
     def evaluate_gates(self, escalate_only: bool = False) -> None:
-        t = self.gate.evaluate(self.rules.gates.rules, self.state.outcomes, self._burn(),
-                               self.rules.gates.probation_experiments, escalate_only)
-        if t:
-            self.record_transition(t)
+        with self.gate_lock:
+            t = self.gate.evaluate(self.rules.gates.rules, self.state.outcomes, self._burn(),
+                                   self.rules.gates.probation_experiments, escalate_only)
+            if t:
+                self.record_transition(t)
 
     def record_transition(self, t: Transition, actor: str = CONTROLLER) -> None:
         self.gate_why = (t.rule, t.evidence)

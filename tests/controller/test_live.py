@@ -245,7 +245,10 @@ import json, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(30)
 s.connect(sys.argv[1])
-s.sendall((json.dumps({"hello": "charter-live", "version": int(sys.argv[2])}) + "\\n").encode())
+try:
+    s.sendall((json.dumps({"hello": "charter-live", "version": int(sys.argv[2])}) + "\\n").encode())
+except BrokenPipeError:
+    pass  # the server may refuse (and close) before the hello is sent: its answer is still there to read
 sys.stdout.write(s.makefile("rb").readline().decode())
 """
 

@@ -98,6 +98,7 @@ def test_console_drives_a_live_session(make_lab, tmp_path):
     term = PtyReader()
     proc = start_run(lab, queue, "tui", stdout=term.slave)
     os.close(term.slave)
+    paused_during = [None]  # the experiment whose run was training when `p` was pressed
 
     async def go():
         app = CharterApp(lab, "alice", refresh_s=0.3)
@@ -109,6 +110,7 @@ def test_console_drives_a_live_session(make_lab, tmp_path):
             assert "live" in header(app) and "session s" in header(app)
             await wait_for(pilot, lambda: "| loss " in str(app.query_one("#now-tail").render()),
                            "the training output's tail in the Now panel", proc=proc)
+            paused_during[0] = app.status.inflight.experiment
             await pilot.press("p")
             await wait_for(pilot, lambda: "FREEZE · paused by alice" in header(app), "the header to show the pause", proc=proc)
             await pilot.press("r")
@@ -124,10 +126,10 @@ def test_console_drives_a_live_session(make_lab, tmp_path):
                            "the note in the live feed", proc=proc)
             await pilot.press("slash")
             await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen), "the query prompt")
-            app.screen.query_one("Input").value = "select experiment, decision from experiments order by experiment"
+            app.screen.query_one("Input").value = "select seq, kind, actor from events order by seq"
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen), "the query result")
-            assert app.screen.query_one("DataTable").row_count >= 1
+            assert app.screen.query_one("DataTable").row_count >= 3  # at least lab_created, session_started, the pause
             await pilot.press("escape")
             await pilot.press("s")
             await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the stop confirmation")
@@ -153,6 +155,10 @@ def test_console_drives_a_live_session(make_lab, tmp_path):
     commands = [(e.actor, e.payload["command"], e.payload["reason"]) for e in ledger_events(lab, EventKind.OPERATOR_COMMAND)]
     assert [(a, c) for a, c, _ in commands] == [("person:alice", "pause"), ("person:alice", "resume"), ("person:alice", "stop")]
     assert commands[1][2] == "logs look fine"
+    # the pause took effect at once, during the run: before that experiment's training finished
+    pause = ledger_events(lab, EventKind.OPERATOR_COMMAND)[0]
+    finished = [e for e in ledger_events(lab, EventKind.TRAINING_FINISHED) if e.experiment == paused_during[0]]
+    assert finished and pause.seq < finished[-1].seq, (pause.seq, [e.seq for e in finished])
     assert [(e.actor, e.payload["text"]) for e in ledger_events(lab, EventKind.NOTE)] == [("person:alice", "watching from the console")]
     # `charter run` talked the whole time, on a terminal
     term.thread.join(10)
