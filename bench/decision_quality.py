@@ -324,14 +324,16 @@ def survival(work: Path, args) -> dict:
     kept = [r for r in rows if r["decision"] == "keep"]
     best = kept[-1]["candidate_commit"] if kept else base_commit
     pairs = [(r["parent_commit"], r["candidate_commit"], r["source"]) for r in kept] + [(base_commit, best, "session gain")]
+    # each commit once per repeat (a kept change's child is the next one's parent), interleaved
+    commits = list(dict.fromkeys(c for parent, child, _ in pairs for c in (parent, child)))
     measured: dict[str, list[float]] = {}
     for rep in range(args.repeats):
-        for parent, child, _ in pairs:
-            for commit in (parent, child):
-                # offsets past the session's own runs of these commits: fresh seeds, paired per repeat
-                out = run_commit(lab, commit, f"surv{rep}", seed_offset=100 + rep)
-                if out["status"] == "ok":
-                    measured.setdefault(commit, []).append(out["val_bpb"])
+        for commit in commits:
+            # offsets past the session's own runs of these commits: fresh seeds, paired per repeat
+            out = run_commit(lab, commit, f"surv{rep}", seed_offset=100 + rep)
+            print(f"  re-run {rep + 1} {commit[:10]}: {out}", flush=True)
+            if out["status"] == "ok":
+                measured.setdefault(commit, []).append(out["val_bpb"])
     result = {"experiments": len(rows), "kept": len(kept), "pairs": []}
     print("\n| kept change | parent re-run | child re-run | gain | still better |\n|---|---|---|---|---|")
     still = 0

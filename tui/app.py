@@ -46,7 +46,7 @@ from tui.components.modals import ConfirmScreen, PromptScreen
 from tui.components.now import NowPanel
 from tui.components.query import QueryScreen
 from tui.feed import FeedUpdate, LabFeed, Source, one_line
-from tui.model import LabView
+from tui.model import LabView, still_to_ratify
 
 QUERY_ROWS = 1000
 TICK_S = 0.5  # the countdown's step, and the longest a new event waits to reach the tables
@@ -146,7 +146,7 @@ class CharterApp(App[None]):
         self.query_one("#gates", DataTable).add_columns("seq", "time (UTC)", "from", "to", "rule", "by", "evidence")
         self.query_one("#refusals", DataTable).add_columns("session", "#", "description", "refusal")
         self.query_one("#agent-calls", DataTable).add_columns("seq", "#", "model", "in tokens", "out tokens", "$", "stop")
-        self.query_one("#amendments", DataTable).add_columns("id", "state", "proposed by", "ratified by", "why")
+        self.query_one("#amendments", DataTable).add_columns("id", "status", "tier", "version", "proposed by", "ratified by", "must still ratify", "why")
         self.query_one("#experiments", DataTable).focus()
         if self.feed is not None:
             self.run_worker(self.feed.watch_loop, thread=True, group="feed", name="watch", exit_on_error=False)
@@ -295,8 +295,9 @@ class CharterApp(App[None]):
                           f"{c.dollars:.4f}", c.stop_reason)
         amendments = self.query_one("#amendments", DataTable)
         amendments.clear()
-        for a in self.view.amendments.values():
-            amendments.add_row(a.amendment_id[:12], a.state, a.proposed_by, ", ".join(a.ratified_by) or "-", Text(short(a.why, 60)))
+        for a in self.view.amendments():
+            amendments.add_row(a.id[:12], a.status, a.proposed.tier, str(a.proposed.version), a.proposed.by,
+                               ", ".join(a.ratified_by) or "-", still_to_ratify(a), Text(short(a.proposed.why, 60)))
         log = self.query_one("#events", RichLog)
         lines = list(self.view.feed)
         new = self.view.events_seen - self._events_logged

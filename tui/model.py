@@ -18,7 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from controller.session.narrator import event_line, short, short_reason
-from ledger import EventKind
+from amendments.history import AmendmentRecord
+from amendments.history import fold as fold_amendments
+from ledger import Event, EventKind
 from ledger import payloads as P
 
 FEED_LINES = 500  # the live feed keeps this many lines
@@ -84,16 +86,6 @@ class AgentCallRow:
 
 
 @dataclass
-class AmendmentRow:
-    amendment_id: str
-    proposed_by: str = ""
-    why: str = ""
-    version: int = 0
-    ratified_by: list[str] = field(default_factory=list)
-    state: str = "proposed"  # proposed, rejected, applied
-
-
-@dataclass
 class LabView:
     head_seq: int = 0
     session: str | None = None
@@ -107,7 +99,8 @@ class LabView:
     experiments: list[ExperimentRow] = field(default_factory=list)
     gate_history: list[GateRow] = field(default_factory=list)
     agent_calls: list[AgentCallRow] = field(default_factory=list)
-    amendments: dict[str, AmendmentRow] = field(default_factory=dict)
+    # amendment events, few: folded on demand by the amendments package's own rules (who counts)
+    amendment_events: list[Event] = field(default_factory=list)
     feed: deque[str] = field(default_factory=lambda: deque(maxlen=FEED_LINES))
     run_dir: str | None = None  # the run in flight's directory (its train.log is the Now tail)
     budget_events: list[Any] = field(default_factory=list)  # the kinds budgets count, for the day's meters
@@ -159,8 +152,8 @@ class LabView:
             self.constitution_hash = p.hash if kind != EventKind.LAB_CREATED else p.constitution_hash
             if kind == EventKind.CONSTITUTION_LOADED and p.rules:
                 self.rules = p.rules
-            if kind == EventKind.AMENDMENT_APPLIED and p.amendment_id in self.amendments:
-                self.amendments[p.amendment_id].state = "applied"
+            if kind == EventKind.AMENDMENT_APPLIED:
+                self.amendment_events.append(ev)
         elif kind == EventKind.PROPOSED:
             row = self._row(ev)
             p = P.read(ev)
@@ -212,15 +205,8 @@ class LabView:
             p = P.read(ev)
             self.agent_calls.append(AgentCallRow(ev.seq, ev.experiment, p.model, p.input_tokens, p.output_tokens,
                                                  p.dollars, p.stop_reason))
-        elif kind == EventKind.AMENDMENT_PROPOSED:
-            p = P.read(ev)
-            self.amendments[p.amendment_id] = AmendmentRow(p.amendment_id, p.by, p.why, p.version)
-        elif kind == EventKind.AMENDMENT_RATIFIED:
-            p = P.read(ev)
-            self.amendments.setdefault(p.amendment_id, AmendmentRow(p.amendment_id)).ratified_by.append(p.by)
-        elif kind == EventKind.AMENDMENT_REJECTED:
-            p = P.read(ev)
-            self.amendments.setdefault(p.amendment_id, AmendmentRow(p.amendment_id)).state = "rejected"
+        elif kind in (EventKind.AMENDMENT_PROPOSED, EventKind.AMENDMENT_RATIFIED, EventKind.AMENDMENT_REJECTED):
+            self.amendment_events.append(ev)
 
     # -- questions -------------------------------------------------------------------------------
     def session_experiments(self) -> list[ExperimentRow]:
@@ -237,8 +223,12 @@ class LabView:
     def refusals(self) -> list[tuple[ExperimentRow, str]]:
         return [(r, text) for r in self.experiments for text in r.refusals]
 
-    def pending_amendments(self) -> list[AmendmentRow]:
-        return [a for a in self.amendments.values() if a.state == "proposed"]
+    def amendments(self) -> list[AmendmentRecord]:
+        """Every amendment, as `charter amend status` sees it (refused attempts don't count)."""
+        return list(fold_amendments(self.amendment_events).values())
+
+    def pending_amendments(self) -> list[AmendmentRecord]:
+        return [a for a in self.amendments() if a.status in ("pending", "ratified")]
 
 
 def _run(row: ExperimentRow | None, index: int) -> RunRecord | None:
@@ -272,3 +262,13 @@ def feed_line(ev: Any) -> str:
         except (ValueError, KeyError):  # a kind this version does not know
             what = ""
     return f"{ev.seq:>6}  {ev.ts:%H:%M:%S}  {str(ev.kind):<19} {short(ev.actor, 24):<24} {what}".rstrip()
+
+
+def still_to_ratify(a: AmendmentRecord) -> str:
+    """Who must still ratify, in words: the amendments tab's column."""
+    if a.status == "pending":
+        names = ", ".join(a.may_still_ratify()) or "no listed ratifier is left"
+        return f"{a.still_needed} more of: {names}"
+    if a.status == "ratified":
+        return f"nobody ({len(a.ratifications)} of {a.proposed.needed}): ready to apply"
+    return "-"
