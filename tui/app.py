@@ -321,13 +321,15 @@ class CharterApp(App[None]):
         if key is None:
             return
 
+        no_number = (-1, 0.0) if reverse else (1, 0.0)  # a row with no number sorts last either way
+
         def value(cell):
             text = str(cell)
             if column in NUMERIC_COLUMNS:
                 try:
                     return (0, float(text))
                 except ValueError:
-                    return (1, 0.0)  # no number sorts last
+                    return no_number
             return (0, text)
 
         table.sort(key, key=value, reverse=reverse)

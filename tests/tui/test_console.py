@@ -198,6 +198,31 @@ def test_the_main_screen_and_the_detail_screen_show_fixed_data(lab):
     asyncio.run(go())
 
 
+def test_clicking_a_column_header_sorts_the_experiments(lab):
+    events = fixed_session(lab)
+    status = status_from_ledger(lab)
+
+    async def go():
+        app = CharterApp(lab, "erin", feed=False, clock=lambda: FIXED)
+        async with app.run_test(size=SIZE) as pilot:
+            app.apply(FeedUpdate(Source.LEDGER, events=tuple(events), status=status, at=FIXED.timestamp()))
+            app.draw()
+            await pilot.pause()
+            table = app.query_one("#experiments")
+            widths = [c.get_render_width(table) for c in table.ordered_columns]
+            x = sum(widths[:2]) + 2  # inside the third column's header: val_bpb
+            orders = []
+            for _ in range(2):
+                await pilot.click("#experiments", offset=(x, 0))
+                await pilot.pause()
+                orders.append([str(table.get_row_at(i)[1]) for i in range(table.row_count)])
+            return orders
+
+    ascending, descending = asyncio.run(go())
+    assert ascending == ["keep", "discard", "baseline", "refused"]  # 1.90, 1.95, 2.00, then no val_bpb
+    assert descending == ["baseline", "discard", "keep", "refused"]  # a second click reverses; no number stays last
+
+
 def test_the_chart_marks_kept_runs_the_best_and_the_baseline():
     pts = [Point(0, 2.0, "baseline"), Point(1, 1.9, "keep"), Point(2, 1.95, "discard"), Point(3, None, "crash")]
     text = chart_text(pts, 2.0, width=40, height=8).plain
