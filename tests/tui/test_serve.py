@@ -1,12 +1,18 @@
 """`charter tui --serve`: the console served to a browser through textual-serve, on a real lab. The
 page loads over HTTP from 127.0.0.1, and the page's own websocket drives a real console process
-whose screen shows the lab's gate. (No headless Chromium on these machines: the websocket is what
-the browser's page would open, read here by a plain client.)"""
+whose screen shows the lab's gate, read by a plain websocket client; then the page in headless
+Chromium (installed by .ci/setup-system.sh), driven through the DevTools protocol, paints the
+paused lab's FREEZE badge. The terminal is drawn on a canvas, so the check is the badge's colour
+in a screenshot."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,6 +78,91 @@ def test_the_served_page_loads_and_its_console_shows_the_gate(tmp_path):
 
         text = asyncio.run(screen_text())
         assert "RUN" in text and "ledger head seq" in text and "no controller running" in text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=SAFETY_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+FREEZE_RGB = (30, 144, 255)  # dodgerblue: .gate-FREEZE in tui/app.tcss
+
+
+def badge_pixels(png: bytes, rgb=FREEZE_RGB, tolerance: int = 20) -> int:
+    from PIL import Image
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    return sum(1 for px in img.get_flattened_data() if all(abs(a - b) < tolerance for a, b in zip(px, rgb)))
+
+
+def serve(lab, port):
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", "tui", "--serve", "--port", str(port), "--lab", str(lab.root),
+                             "--by", "alice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def chromium_screenshot(browser: str, url: str, profile, done) -> bytes:
+    """Open `url` in headless Chromium and take screenshots until `done(png)` or SAFETY_S."""
+    debug_port = free_port()
+    proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={debug_port}",
+                             f"--user-data-dir={profile}", "--window-size=1400,900", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SAFETY_S
+        async with aiohttp.ClientSession() as client:
+            while True:
+                try:
+                    async with client.get(f"http://127.0.0.1:{debug_port}/json/list") as r:
+                        pages = [t for t in json.loads(await r.text()) if t["type"] == "page"]
+                    break
+                except aiohttp.ClientError:
+                    assert time.monotonic() < deadline and proc.poll() is None, "Chromium's DevTools endpoint never came up"
+                    await asyncio.sleep(0.2)
+            async with client.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = iter(range(1, 1_000_000))
+
+                async def call(method: str, **params):
+                    n = next(ids)
+                    await ws.send_json({"id": n, "method": method, "params": params})
+                    while True:
+                        msg = await ws.receive_json(timeout=SAFETY_S)
+                        if msg.get("id") == n:
+                            return msg["result"]
+
+                await call("Page.navigate", url=url)
+                png = b""
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+                    if done(png):
+                        break
+                return png
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_served_page_in_headless_chromium_shows_the_gate(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is missing: bash .ci/setup-system.sh installs it"
+    lab = init_lab(tmp_path / "lab")
+    subprocess.run([sys.executable, "-m", "controller.cli", "pause", "--lab", str(lab.root), "--by", "alice",
+                    "--reason", "seen from a browser"], check=True, capture_output=True)
+    port = free_port()
+    proc = serve(lab, port)
+    try:
+        deadline = time.monotonic() + SAFETY_S
+        while True:  # the server is up once its page loads
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, f"the page did not load: {proc.poll()}"
+                time.sleep(0.2)
+        png = asyncio.run(chromium_screenshot(browser, f"http://127.0.0.1:{port}/", tmp_path / "profile",
+                                              lambda shot: badge_pixels(shot) > 2000))
+        (tmp_path / "served.png").write_bytes(png)
+        # the badge is ~14 x 3 cells of dodgerblue: thousands of pixels; nothing else on the screen is that colour
+        assert badge_pixels(png) > 2000, f"no FREEZE badge in the browser's screenshot ({tmp_path / 'served.png'})"
     finally:
         proc.terminate()
         try:
