@@ -137,6 +137,7 @@ class Session:
         # pause, resume or stop, applied at once): one lock, so each move sees the last
         self.gate_lock = threading.RLock()
         self.commands_at_once = False  # set when the loop starts: the gate is restored by then
+        self.commands_closed = False  # set when the session ends: nothing is applied after its last event
         self.level = ""
         self.proposed: tuple[int, P.Proposed] | None = None  # the experiment in hand and its proposed event
         self.proposer_overran = False  # a proposer thread abandoned at its deadline: never call it again
@@ -188,6 +189,8 @@ class Session:
         cmd = Command(op, by or "operator", reason or "")
         if self.commands_at_once:
             with self.gate_lock:
+                if self.commands_closed:
+                    return {"ok": False, "error": "the session is ending; a command now would change nothing"}
                 reply = self.apply_command(cmd)
             if op == "stop" and reply.get("ok"):
                 self.kill_inflight()
@@ -794,6 +797,8 @@ class Session:
         if s is None:
             raise SessionRefused(reason)
         self.inflight = None
+        with self.gate_lock:  # the gate the summary records is the last one
+            self.commands_closed = True
         if s.best_commit:  # leave the work tree at the best commit, whatever happened
             self.lab.git.reset_hard(s.best_commit)
         summary = P.SessionEnded(reason, s.experiment, s.keeps, s.baseline_bpb, s.best_bpb, s.best_commit, self.gate.state, s.branch)
