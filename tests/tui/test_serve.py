@@ -11,8 +11,10 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -168,4 +170,62 @@ def test_the_served_page_in_headless_chromium_shows_the_gate(tmp_path):
         try:
             proc.wait(timeout=SAFETY_S)
         except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"  # a zombie is dead, only not yet reaped
+    except OSError:
+        return False
+
+
+def test_a_served_console_dies_with_its_server(tmp_path):
+    """A server killed outright (no graceful shutdown) leaves no console behind: the kernel kills
+    each one (PR_SET_PDEATHSIG), where before one kept running on its own, spinning a core."""
+    lab = init_lab(tmp_path / "lab")
+    port = free_port()
+    proc = serve(lab, port)
+    try:
+        async def connect_then_kill() -> int:
+            async with aiohttp.ClientSession() as client:
+                deadline = time.monotonic() + SAFETY_S
+                while True:
+                    try:
+                        ws = await client.ws_connect(f"ws://127.0.0.1:{port}/ws?width=100&height=30")
+                        break
+                    except aiohttp.ClientError:
+                        assert time.monotonic() < deadline and proc.poll() is None, "the server never took a websocket"
+                        await asyncio.sleep(0.2)
+                seen = ""
+                while "ledger head seq" not in plain(seen):  # the console is up and drawing
+                    assert time.monotonic() < deadline, "the console never drew"
+                    try:
+                        msg = await ws.receive(timeout=5)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        seen += msg.data if isinstance(msg.data, str) else msg.data.decode("utf-8", "replace")
+                consoles = children(proc.pid)
+                assert len(consoles) == 1, consoles  # the console itself (exec'd), no shell in between
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                await ws.close()
+                return consoles[0]
+
+        console = asyncio.run(connect_then_kill())
+        deadline = time.monotonic() + SAFETY_S
+        while alive(console):
+            assert time.monotonic() < deadline, f"console {console} outlived its server"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
             proc.kill()
