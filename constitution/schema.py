@@ -150,11 +150,17 @@ class ExperimentBudget(Strict):
     memory_soft_mb: int = Field(gt=0)
     memory_hard_mb: int = Field(gt=0)
     disk_mb: int = Field(gt=0)
+    # GPU memory of the run as the controller reads it through NVML (never the run's own claim);
+    # None = no limit, and on a machine without NVML nothing is measured, so neither ever fires there
+    vram_soft_mb: int | None = Field(default=None, gt=0)  # over this the gate may THROTTLE (like memory_soft_mb)
+    vram_hard_mb: int | None = Field(default=None, gt=0)  # over this the run is unscored and a hard violation
 
     @model_validator(mode="after")
     def _memory(self) -> "ExperimentBudget":
         if self.memory_soft_mb > self.memory_hard_mb:
             raise ValueError("memory_soft_mb must not exceed memory_hard_mb")
+        if self.vram_soft_mb is not None and self.vram_hard_mb is not None and self.vram_soft_mb > self.vram_hard_mb:
+            raise ValueError("vram_soft_mb must not exceed vram_hard_mb")
         return self
 
 

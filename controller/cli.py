@@ -27,6 +27,8 @@ from controller.operators import OperatorRefused, format_status, lab_status, ope
 from controller.workspace.preparation import prepare_lab
 from controller.proposers import ProposerError, ProposerOptions, available, make_proposer
 from controller.execution.runner import PrepareError
+from controller.execution import gpu
+from controller.policy.device import gpu_refusal
 from controller.session.loop import Session, SessionRefused
 from controller.session.narrator import Narrator
 from ledger import Ledger, LedgerError, payloads
@@ -77,7 +79,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise UsageError('--proposer command needs --agent-command "ARGV" (e.g. "claude -p")')
         choice = ProposerChoice(kind, args.model or "", tuple(shlex.split(args.agent_command or "")))
     ratifiers = [read_ratifier(spec) for spec in args.ratifier or []]
-    lab = init_lab(args.dir, actor=f"person:{args.by}", proposer=choice, ratifiers=ratifiers)
+    lab = init_lab(args.dir, actor=f"person:{args.by}", proposer=choice, ratifiers=ratifiers, profile=args.profile)
     print(f"lab created at {lab.root}")
     print(f"  constitution: {lab.constitution_path}")
     print(f"  ledger:       {lab.ledger_path}")
@@ -186,6 +188,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         rules = find_lab(args.lab).load_constitution()
     except LabError:
         rules = constitution.load_default()  # the lab `charter run` is about to create
+    no_gpu = gpu_refusal(rules, gpu.probe())  # before a data preparation sized for a GPU
+    if no_gpu:
+        raise SessionRefused(no_gpu)
     kind = args.proposer or rules.proposer.kind
     seed = rules.proposer.seed if args.seed is None else args.seed
     proposer = make_proposer(kind, ProposerOptions(rules=rules, seed=seed, queue_dir=Path(args.queue) if args.queue else None))
@@ -285,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--agent-command", help='kind command: the agent\'s argv as one string, e.g. "claude -p"')
     sp.add_argument("--ratifier", action="append", metavar="NAME=PUBKEY_FILE",
                     help="a person who may ratify amendments, with their SSH public key (repeatable)")
+    sp.add_argument("--profile", default="cpu", metavar="NAME",
+                    help="cpu (default: a 2-core machine, 60 s runs) or gpu (one NVIDIA GPU, 300 s runs, "
+                         "an autoresearch-sized model; docs/gpu.md)")
     sp.set_defaults(func=cmd_init)
 
     lg = sub.add_parser("ledger", help="the lab's tamper-evident record")

@@ -231,6 +231,10 @@ class TrainingFinished(Payload):
     cpu_seconds: float | None = None  # user + system CPU of the whole sandboxed tree, by the controller
     cpu_threads: int = 0  # the CPUs the run could use (its affinity), the cpu clock's divisor
     stopped_by: str = ""  # "cpu" or "wall": the clock that reached its limit and sent the stop signal
+    # the GPU, by the controller (NVML): None / "" on a machine without one or before these existed
+    peak_vram_mb: float | None = None  # peak device memory above what was in use when the run started
+    device_name: str = ""  # e.g. "NVIDIA H100 80GB HBM3"
+    mfu: float | None = None  # model FLOPs utilisation 0..1 (config.json's model, the run's tokens/s, the device's peak)
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,8 @@ class Decided(Payload):
     integrity_failure: bool = False
     memory_soft_exceeded: bool = False
     peak_rss_mb: float | None = None
+    peak_vram_mb: float | None = None  # the largest of the runs' peak GPU memory (NVML); None without a GPU
+    vram_soft_exceeded: bool = False  # a run went over budgets.experiment.vram_soft_mb
     train_seconds: float | None = None
     eval_seconds: float | None = None
     runs: list[float] = field(default_factory=list)

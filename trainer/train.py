@@ -53,7 +53,17 @@ def apply_rotary(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-FLASH_ATTN = None  # set by main() to Flash Attention 3 on CUDA Hopper when available
+FLASH_ATTN = None  # set by main() to Flash Attention 3 when training on a CUDA Hopper GPU that loaded it
+
+
+def attention(q, k, v):
+    """Causal self-attention over (B, T, H, D) tensors: Flash Attention 3 where main() loaded it
+    (it takes that layout as it is), SDPA everywhere else (it wants (B, H, T, D))."""
+    if FLASH_ATTN is not None:
+        y = FLASH_ATTN(q, k, v, causal=True)
+        return y[0] if isinstance(y, tuple) else y  # some builds also return the softmax LSE
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          is_causal=True).transpose(1, 2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -72,12 +82,7 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
-        if FLASH_ATTN is not None and x.is_cuda:
-            y = FLASH_ATTN(q, k, v, causal=True)
-            y = y[0] if isinstance(y, tuple) else y
-        else:
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True).transpose(1, 2)
+        y = attention(q, k, v)
         return self.c_proj(y.contiguous().view(B, T, C))
 
 
@@ -193,16 +198,29 @@ def cpu_has_fast_bf16():
         return False
 
 
-def load_flash_attention():
-    # Flash Attention 3 through `kernels`, on CUDA Hopper only; any failure -> SDPA
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
-        return None
+def fetch_flash_attention():
+    # Flash Attention 3 from the kernel hub's cache, pinned to version 1: with HF_HUB_OFFLINE=1 (the
+    # controller sets it) or no network, a version not cached fails at once (field notes; an open
+    # revision retries for ~23 s). Returns (function or None, why not)
     try:
         from kernels import get_kernel
-        return get_kernel("kernels-community/flash-attn3", version=1).flash_attn_func
+        return get_kernel("kernels-community/flash-attn3", version=1).flash_attn_func, ""
     except Exception as e:
-        print(f"flash attention 3 unavailable ({type(e).__name__}); using SDPA")
-        return None
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def load_flash_attention():
+    # FA3 on CUDA Hopper only; any failure -> SDPA. Returns (function or None, "fa3"/"sdpa", why)
+    if not torch.cuda.is_available():
+        return None, "sdpa", "no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if major != 9:
+        return None, "sdpa", f"compute capability {major}.{minor} is not Hopper (9.x)"
+    fn, why = fetch_flash_attention()
+    if fn is None:
+        print(f"flash attention 3 unavailable ({why}); using SDPA", flush=True)
+        return None, "sdpa", why
+    return fn, "fa3", ""
 
 
 def main():
@@ -222,8 +240,9 @@ def main():
     # CHARTER_COMPILE=1 or CHARTER_NO_COMPILE=1 decide it either way
     use_bf16 = device == "cuda" or cpu_has_fast_bf16()
     use_compile = os.environ.get("CHARTER_COMPILE") == "1" or (device == "cuda" and os.environ.get("CHARTER_NO_COMPILE") != "1")
+    attention_kind, attention_why = "sdpa", "not on CUDA"
     if device == "cuda":
-        FLASH_ATTN = load_flash_attention()
+        FLASH_ATTN, attention_kind, attention_why = load_flash_attention()
         torch.backends.cuda.matmul.allow_tf32 = True
     run_dir = os.environ.get("RUN_DIR", "run")
     os.makedirs(run_dir, exist_ok=True)
@@ -242,7 +261,7 @@ def main():
     grad_accum = max(1, TOTAL_BATCH_SIZE // tokens_per_micro)
     loader = make_dataloader(DEVICE_BATCH_SIZE, MAX_SEQ_LEN, device=device, seed=seed)
     x, y = next(loader)
-    print(f"profile: {PROFILE}, device: {device}, compile: {use_compile}, bf16: {use_bf16}, "
+    print(f"profile: {PROFILE}, device: {device}, compile: {use_compile}, bf16: {use_bf16}, attention: {attention_kind}, "
           f"params: {num_params / 1e6:.2f}M, grad_accum: {grad_accum}", flush=True)
 
     # the controller's deadline (SIGTERM comes then), or by hand the profile's budget from now
@@ -300,7 +319,9 @@ def main():
                  peak_memory_mb=round(peak_mb, 1), num_params=num_params,
                  train_loss=None if smooth_loss is None else round(smooth_loss, 4),
                  profile=PROFILE, device=device, compile=use_compile, bf16=use_bf16,
-                 depth=DEPTH, model_dim=MODEL_DIM, clock=clock, cpu_seconds=round(time.process_time(), 3))
+                 depth=DEPTH, model_dim=MODEL_DIM, clock=clock, cpu_seconds=round(time.process_time(), 3),
+                 attention=attention_kind, attention_fallback=attention_why,
+                 device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu")
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                os.path.join(run_dir, "model.pt"))
     with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -312,7 +333,7 @@ def main():
         json.dump(stats, f, indent=1)
     print("---")
     for k in ("training_seconds", "total_seconds", "tokens_per_second", "peak_memory_mb", "steps", "tokens",
-              "num_params", "train_loss", "depth", "profile"):
+              "num_params", "train_loss", "depth", "profile", "attention"):
         print(f"{k}: {stats[k]}")
 
 

@@ -27,9 +27,10 @@ from typing import Callable
 
 from constitution import Constitution
 from constitution.canonical import canonical_json
-from controller.execution import sandbox
+from controller.execution import gpu, sandbox
 from controller.execution.sandbox import SandboxResult, SandboxSpec
 from controller.execution.run_files import RunFileRefused, read_run_file
+from controller.policy.device import run_mfu, vram_check
 from controller.workspace.lab import file_sha256
 
 
@@ -46,6 +47,13 @@ def python_argv(argv: list[str]) -> list[str]:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CHARTER_CACHE_DIR") or Path.home() / ".cache" / "charter").absolute()
+
+
+def kernels_cache() -> Path:
+    """Where compute kernels (Flash Attention 3) fetched ahead of time live: a Hugging Face hub
+    cache a training run reads read-only and offline (`HF_HUB_CACHE=... python -c 'from kernels
+    import get_kernel; get_kernel("kernels-community/flash-attn3", version=1)'` fills it)."""
+    return cache_dir() / "kernels"
 
 
 def base_env(rules: Constitution) -> dict[str, str]:
@@ -105,6 +113,12 @@ class RunOutcome:
     postcheck_problems: tuple[str, ...] = ()  # immutable files or data changed during the run
     evaluated: tuple[str, str, float | None] | None = None  # what the evaluator said (status, reason, val_bpb),
                                                             # kept when a post-check overrules it
+    # the device, as the controller measured it (NVML; None / "" on a machine without one)
+    peak_vram_mb: float | None = None  # peak GPU memory above what was in use when training started
+    device_name: str = ""
+    mfu: float | None = None  # from config.json's model, the run's tokens/s claim and the device's peak
+    vram_soft_exceeded: bool = False
+    vram_hard_exceeded: bool = False  # the run is unscored (status crash) and the experiment a hard violation
 
 
 STATS_MAX_BYTES = 20_000
@@ -241,12 +255,16 @@ class Runner:
             # its own policy; it pays for the spinning.
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         train_dir = Path(data["train_dir"])
+        # what make_dataloader reads: never the cache whole (its val split, other profiles)
+        readable = [train_dir, train_dir.parent / "manifest.json", Path(data["tokenizer_dir"])]
+        if kernels_cache().is_dir():  # kernels fetched ahead (FA3), read-only and offline
+            readable.append(kernels_cache())
+            env["HF_HUB_CACHE"] = str(kernels_cache())
         spec = SandboxSpec(
             argv=python_argv(self.rules.evaluation.train_command),
             cwd=work_dir,
             writable=[run_dir],
-            # what make_dataloader reads: never the cache whole (its val split, other profiles)
-            readable=[train_dir, train_dir.parent / "manifest.json", Path(data["tokenizer_dir"])],
+            readable=readable,
             hidden=self._hidden(data),
             env=env,
             timeout_s=training_kill_seconds(self.rules),
@@ -329,14 +347,37 @@ class Runner:
         problems = tuple(integrity_problems(job.work_dir, self.rules))
         outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems,
                           evaluated=(outcome.status, outcome.reason, outcome.val_bpb))
+        outcome = self._device_use(outcome, job.run_dir)
         if problems:
             return replace(outcome, status="crash", reason="post-check failed: " + "; ".join(problems), val_bpb=None,
                            integrity_failure=True)
         return outcome
 
+    def _device_use(self, outcome: RunOutcome, run_dir: Path) -> RunOutcome:
+        """The run's GPU memory against the limits, and its MFU (nothing on a CPU machine)."""
+        b = self.rules.budgets.experiment
+        verdict = vram_check(outcome.peak_vram_mb, b.vram_soft_mb, b.vram_hard_mb)
+        try:
+            kwargs = json.loads(read_run_file(run_dir, "config.json", STATS_MAX_BYTES)).get("kwargs") or {}
+        except (RunFileRefused, ValueError, AttributeError):
+            kwargs = {}
+        value = run_mfu(kwargs, outcome.stats, outcome.device_name) if outcome.device_name and isinstance(kwargs, dict) else None
+        return replace(outcome, mfu=value, vram_soft_exceeded=verdict.soft_exceeded, vram_hard_exceeded=verdict.hard_exceeded)
+
     def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None,
                             seed_offset: int = 0) -> RunOutcome:
-        t = self.train(work_dir, run_dir, data, on_start, seed_offset)
+        # GPU memory is sampled by the controller while training runs (NVML; off for a cpu lab)
+        with gpu.VramSampler(enabled=self.rules.evaluation.profile == "gpu") as vram:
+            t = self.train(work_dir, run_dir, data, on_start, seed_offset)
+        over = vram_check(vram.peak_mb, None, self.rules.budgets.experiment.vram_hard_mb)
+        if over.hard_exceeded:  # unscored, like a run over its host memory limit: no evaluation
+            outcome = RunOutcome("crash", over.reason, None, t, None, {})
+        else:
+            outcome = self._after_training(work_dir, run_dir, data, on_start, t)
+        return replace(outcome, peak_vram_mb=vram.peak_mb, device_name=vram.device_name)
+
+    def _after_training(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None,
+                        t: SandboxResult) -> RunOutcome:
         b = self.rules.budgets.experiment
         if t.memory_killed:
             return RunOutcome("crash", f"training exceeded {b.memory_hard_mb} MB and was killed", None, t, None, {})

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import os
 import resource
 import select
@@ -244,13 +243,17 @@ def _system(plan: _Plan, mb: int) -> None:
                   "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
     plan.kinds[Path("/proc")] = "tmpfs"
     plan.tmpfs(Path("/tmp"), "1777", mb << 20)
-    gpus = sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri"))
-    for dev in gpus:                                 # GPUs, untested
-        plan.args += ["--dev-bind", dev, dev]
-    if gpus:                                         # the driver's NVML and the toolkit read these (untested)
-        plan.args += ["--ro-bind-try", "/sys", "/sys"]
-        for cuda in sorted(glob.glob("/usr/local/cuda*")):
-            plan.mount("--ro-bind", cuda, Path(cuda), "bind")
+    # CUDA: the device nodes, the driver's libraries and /proc/driver/nvidia, only what exists
+    # (gpu_binds; nothing on a host without a GPU node). /dev and /proc are synthetic here, so
+    # their binds go in as they are; a library outside the bound system dirs gets its parents.
+    from controller.execution import gpu_binds  # here: this file also runs alone as `sandbox.py limit` (-I -S)
+    shown = tuple(f"/usr/{n}" for n in USR_DIRS) + tuple(f"/{n}" for n in TOP_LINKS)
+    binds = gpu_binds.gpu_binds(Path("/"), gpu_binds.ld_cache_paths(), shown) if gpu_binds.has_gpu_node() else []
+    for b in binds:
+        if b.dest.parts[1] in ("dev", "proc"):
+            plan.args += [b.option, str(b.source), str(b.dest)]
+        else:
+            plan.mount(b.option, str(b.source), Path(b.dest), "bind")
 
 
 def _setpriv() -> str:

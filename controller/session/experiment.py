@@ -16,6 +16,7 @@ from constitution.schema import Scope
 from controller.execution.runner import RunOutcome
 from controller.policy.harm_test import Change, diff_line_count, harm_test
 from controller.proposers.base import Proposal
+from controller.session.device_use import with_device_use
 from controller.workspace.git import GitWorkspace
 from controller.workspace.staging import StagingError, apply_to_lab, stage, unified_diff
 from ledger.payloads import Decided, RefusalItem
@@ -83,19 +84,20 @@ def commit_step(git: GitWorkspace, work_dir: Path, staged: Staged, experiment: i
 
 def resource_use(outcomes: list[RunOutcome], memory_soft_mb: int) -> dict:
     """The `Decided` fields that describe what an experiment's runs used together (empty when
-    nothing ran): any run's integrity failure or soft-memory excess counts, seconds add up."""
+    nothing ran): any run's integrity failure or soft-memory excess counts, seconds add up; on a
+    GPU, the peak VRAM and its limits too (`device_use.with_device_use`)."""
     ran = [o for o in outcomes if o is not None and o.train is not None]
     if not ran:
         return {}
     peak = max(o.train.peak_rss_mb for o in ran)
     evals = [o.evaluation.wall_seconds for o in ran if o.evaluation]
-    return {
+    return with_device_use({
         "integrity_failure": any(o.integrity_failure for o in ran),
         "memory_soft_exceeded": peak > memory_soft_mb,
         "peak_rss_mb": round(peak, 1),
         "train_seconds": round(sum(o.train.wall_seconds for o in ran), 2),
         "eval_seconds": round(sum(evals), 2) if evals else None,
-    }
+    }, ran)
 
 
 def about(proposal: Proposal) -> Decided:

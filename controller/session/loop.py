@@ -33,7 +33,7 @@ from transitions import MachineError
 
 import constitution
 from constitution import Constitution, GateState
-from controller.execution import sandbox
+from controller.execution import gpu, sandbox
 from controller.execution.run_files import RunFileRefused, read_run_tail
 from controller.execution.runner import (
     Job, PrepareError, RunOutcome, Runner, cache_dir, data_problems, immutable_problems, time_claim, training_kill_seconds,
@@ -44,12 +44,14 @@ from controller.live.status import Inflight, Progress, SessionView, build_status
 from controller.policy import budgets, keep_rule, noise
 from controller.policy.gates import PROPOSER_FAILED, GateMachine, Outcome, Transition, firing_rules, restore_gate, transition_payload
 from controller.policy.identity import agent_identity
+from controller.policy.device import gpu_refusal
 from controller.policy.in_force import check_in_force
 from controller.policy.outcomes import (
     MAX_PROPOSER_FAILURES, FreezeStep, budget_stop, decision_for_failed_run, freeze_action, keep_rule_for, outcome_of,
 )
 from controller.proposers import AgentBudget, HistoryItem, Proposal, ProposalContext, Proposer, ProposerResult, as_result
 from controller.proposers.offline import parse_constants
+from controller.session import device_use
 from controller.session.experiment import DIFF_CAP, Refused, about, commit_step, harm_step, resource_use, stage_step
 from controller.session.recorder import CONTROLLER, Recorder
 from controller.session.resume import history_item, lab_history, lab_outcomes, open_session, replay_session
@@ -317,7 +319,7 @@ class Session:
     def _load_rules(self, history: list[Event]) -> None:
         """The committed constitution, which must be the one in force (or its recorded successor)."""
         self.rules = self.lab.load_constitution()
-        problem = check_in_force(self.rules, history)
+        problem = check_in_force(self.rules, history) or gpu_refusal(self.rules, gpu.probe())
         if problem:
             raise SessionRefused(problem)
         self.level = self.choose_isolation()
@@ -756,6 +758,7 @@ class Session:
             run_index, t.returncode, t.timed_out, t.memory_killed, round(t.wall_seconds, 3), round(t.peak_rss_mb, 1),
             t.level, t.log_tail[-2000:], outcome.stats, t.stopped, measured, claimed, claim, t.limits,
             t.clock, None if t.cpu_seconds is None else round(t.cpu_seconds, 3), t.cpu_threads, t.stopped_by,
+            **device_use.training_fields(outcome),
         ), experiment=n, commit_sha=commit)
         if outcome.evaluation is not None or outcome.eval_result.get("trust") == "reported":
             e = outcome.evaluation

@@ -1,7 +1,7 @@
 """A lab: a git repository governed by one constitution, with Charter's own state beside it.
 
-`init_lab` creates one from the `trainer/` template and the default constitution (immutable
-files pinned by sha256), commits the baseline and records the creation as the ledger's first
+`init_lab` creates one from the `trainer/` template and a profile's constitution (`cpu`, the
+default, or `gpu`; immutable files pinned by sha256), commits the baseline and records the creation as the ledger's first
 event. `find_lab` resolves which lab a command means: `--lab`, then `$CHARTER_LAB`, then `./lab`.
 """
 
@@ -13,6 +13,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import tomlkit
@@ -81,6 +82,59 @@ def template_files() -> dict[str, bytes]:
         if entry.is_file() and not name.startswith((".", "__")) and not name.endswith(".pyc"):
             files[name] = entry.read_bytes()
     return files
+
+
+@dataclass(frozen=True)
+class LabProfile:
+    """What `charter init --profile NAME` starts a lab from: a shipped constitution (in
+    constitution/) and the values written into train.py's hyperparameter block (the lab's
+    train.py stays plain research code: no profile switch inside it, so an agent's edit of a
+    constant always takes effect)."""
+
+    name: str
+    constitution_file: str
+    hyperparameters: tuple[tuple[str, str], ...] = ()
+
+    def constitution_text(self) -> str:
+        return resources.files("constitution").joinpath(self.constitution_file).read_text(encoding="utf-8")
+
+
+# The gpu model is upstream autoresearch's H100 baseline shape (depth 8, width 512, head 128,
+# 128 x 2048-token micro-batches, 2^19 tokens a step, half the budget warming down); AdamW only,
+# so its learning rate is ours (unmeasured on a GPU: docs/gpu.md).
+LAB_PROFILES = {
+    "cpu": LabProfile("cpu", "default.toml"),
+    "gpu": LabProfile("gpu", "gpu.toml", (
+        ("DEPTH", "8"), ("MODEL_DIM", "512"), ("HEAD_DIM", "128"), ("DEVICE_BATCH_SIZE", "128"),
+        ("TOTAL_BATCH_SIZE", "524288"), ("LEARNING_RATE", "2e-3"), ("WARMDOWN_RATIO", "0.5"),
+    )),
+}
+
+
+def lab_profile(name: str) -> LabProfile:
+    """The profile called `name`; LabError naming the choices."""
+    if name not in LAB_PROFILES:
+        raise LabError(f"--profile {name!r} is not a profile; choose one of {', '.join(sorted(LAB_PROFILES))}")
+    return LAB_PROFILES[name]
+
+
+def set_hyperparameters(source: str, values: tuple[tuple[str, str], ...]) -> str:
+    """train.py's source with each `NAME = value` of the hyperparameter block set, its comment
+    kept in its column; LabError for a name the block lacks (the template and the profile disagree)."""
+    for name, value in values:
+        pattern = re.compile(rf"^{re.escape(name)} = (?P<old>[^#\n]*?)(?P<gap>[ \t]*)(?P<comment>#[^\n]*)?$", re.M)
+        found = len(pattern.findall(source))
+        if found != 1:
+            raise LabError(f"train.py has {found} `{name} = ...` lines; the profile expects exactly one")
+
+        def line(m: re.Match, name: str = name, value: str = value) -> str:
+            if not m["comment"]:
+                return f"{name} = {value}"
+            pad = max(1, len(m["old"]) + len(m["gap"]) - len(value))  # the comment stays where it was
+            return f"{name} = {value}{' ' * pad}{m['comment']}"
+
+        source = pattern.sub(line, source)
+    return source
 
 
 def _toml_key(path: tuple[str, ...]) -> str:
@@ -189,7 +243,8 @@ def set_ratifiers(text: str, ratifiers: list[RatifierChoice]) -> str:
 
 
 def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice | None = None,
-             ratifiers: list[RatifierChoice] | None = None) -> Lab:
+             ratifiers: list[RatifierChoice] | None = None, profile: str = "cpu") -> Lab:
+    chosen = lab_profile(profile)  # a bad name is refused before anything is made
     root = Path(root).absolute()
     if root.exists() and not root.is_dir():
         raise LabError(f"{root} exists and is not a directory")
@@ -198,7 +253,7 @@ def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        return _populate(Lab(root), actor, proposer, ratifiers or [])
+        return _populate(Lab(root), actor, proposer, ratifiers or [], chosen)
     except BaseException:
         # leave nothing half-made behind: the directory was empty (or absent) before
         if created:
@@ -213,14 +268,17 @@ def init_lab(root: str | Path, actor: str = "operator", proposer: ProposerChoice
 
 
 def _populate(lab: Lab, actor: str, proposer: ProposerChoice | None = None,
-              ratifiers: list[RatifierChoice] | None = None) -> Lab:
+              ratifiers: list[RatifierChoice] | None = None, profile: LabProfile = LAB_PROFILES["cpu"]) -> Lab:
     root = lab.root
 
     for name, data in template_files().items():
         (root / name).write_bytes(data)
+    if profile.hyperparameters:
+        train = root / "train.py"
+        train.write_text(set_hyperparameters(train.read_text(), profile.hyperparameters))
     (root / ".gitignore").write_text(GITIGNORE)
-    text = constitution.default_text()
-    immutable = constitution.parse_text(text, "default.toml").evaluation.immutable
+    text = profile.constitution_text()
+    immutable = constitution.parse_text(text, profile.constitution_file).evaluation.immutable
     missing = [p for p in immutable if not (root / p).is_file()]
     if missing:
         raise LabError(f"the trainer template lacks immutable file(s): {', '.join(missing)}")
