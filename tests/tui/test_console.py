@@ -163,6 +163,13 @@ def fixed_session(lab) -> list[WireEvent]:
 
 
 
+async def show(app, pilot, events, status) -> None:
+    """Hand the app a fixed ledger's events and status, as its feed would, and draw them."""
+    app.apply(FeedUpdate(Source.LEDGER, events=tuple(events), status=status, at=FIXED.timestamp()))
+    app.draw()  # the tables are otherwise drawn on the next tick
+    await pilot.pause()
+
+
 def test_the_main_screen_and_the_detail_screen_show_fixed_data(lab):
     events = fixed_session(lab)
     status = status_from_ledger(lab)
@@ -170,9 +177,7 @@ def test_the_main_screen_and_the_detail_screen_show_fixed_data(lab):
     async def go():
         app = CharterApp(lab, "erin", feed=False, clock=lambda: FIXED)
         async with app.run_test(size=SIZE) as pilot:
-            app.apply(FeedUpdate(Source.LEDGER, events=tuple(events), status=status, at=FIXED.timestamp()))
-            app.draw()  # the tables are otherwise drawn on the next tick
-            await pilot.pause()
+            await show(app, pilot, events, status)
             h = header(app)
             assert "FREEZE · paused by dan" in h and "s-fixed (night)" in h
             assert "constitution v3 c0ffeec0ffee" in h and f"ledger head seq {events[-1].seq}" in h
@@ -205,9 +210,7 @@ def test_clicking_a_column_header_sorts_the_experiments(lab):
     async def go():
         app = CharterApp(lab, "erin", feed=False, clock=lambda: FIXED)
         async with app.run_test(size=SIZE) as pilot:
-            app.apply(FeedUpdate(Source.LEDGER, events=tuple(events), status=status, at=FIXED.timestamp()))
-            app.draw()
-            await pilot.pause()
+            await show(app, pilot, events, status)
             table = app.query_one("#experiments")
             widths = [c.get_render_width(table) for c in table.ordered_columns]
             x = sum(widths[:2]) + 2  # inside the third column's header: val_bpb

@@ -42,22 +42,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve(lab, port):
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", "tui", "--serve", "--port", str(port), "--lab", str(lab.root),
+                             "--by", "alice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def load_page(port: int, proc) -> str:
+    """The served page's HTML, once the server answers (it takes a moment to start)."""
+    deadline = time.monotonic() + SAFETY_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError(f"the page did not load: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
+            time.sleep(0.2)
+
+
 def test_the_served_page_loads_and_its_console_shows_the_gate(tmp_path):
     lab = init_lab(tmp_path / "lab")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "tui", "--serve", "--port", str(port), "--lab", str(lab.root),
-                             "--by", "alice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = serve(lab, port)
     try:
-        deadline = time.monotonic() + SAFETY_S
-        page = None
-        while page is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
-                    page = r.read().decode()
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"the page did not load: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
-                time.sleep(0.2)
+        page = load_page(port, proc)
         assert "charter · lab" in page and "/ws" in page
 
         async def screen_text() -> str:
@@ -95,11 +103,6 @@ def badge_pixels(png: bytes, rgb=FREEZE_RGB, tolerance: int = 20) -> int:
     from PIL import Image
     img = Image.open(io.BytesIO(png)).convert("RGB")
     return sum(1 for px in img.get_flattened_data() if all(abs(a - b) < tolerance for a, b in zip(px, rgb)))
-
-
-def serve(lab, port):
-    return subprocess.Popen([sys.executable, "-m", "controller.cli", "tui", "--serve", "--port", str(port), "--lab", str(lab.root),
-                             "--by", "alice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 async def chromium_screenshot(browser: str, url: str, profile, done) -> bytes:
@@ -152,14 +155,7 @@ def test_the_served_page_in_headless_chromium_shows_the_gate(tmp_path):
     port = free_port()
     proc = serve(lab, port)
     try:
-        deadline = time.monotonic() + SAFETY_S
-        while True:  # the server is up once its page loads
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, f"the page did not load: {proc.poll()}"
-                time.sleep(0.2)
+        load_page(port, proc)
         png = asyncio.run(chromium_screenshot(browser, f"http://127.0.0.1:{port}/", tmp_path / "profile",
                                               lambda shot: badge_pixels(shot) > 2000))
         (tmp_path / "served.png").write_bytes(png)
