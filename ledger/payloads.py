@@ -235,6 +235,14 @@ class TrainingFinished(Payload):
     peak_vram_mb: float | None = None  # peak device memory above what was in use when the run started
     device_name: str = ""  # e.g. "NVIDIA H100 80GB HBM3"
     mfu: float | None = None  # model FLOPs utilisation 0..1 (config.json's model, the run's tokens/s, the device's peak)
+    # the run's phases, by the controller (controller.execution.phases): unix seconds on one clock per
+    # run, None where the run never got there or before these existed
+    sandbox_started_at: float | None = None  # the training sandbox started
+    startup_done_at: float | None = None  # train.py's start-up marker line came out of it
+    budget_ended_at: float | None = None  # the stop signal was sent, or the run exited before it
+    saved_at: float | None = None  # the training tree exited cleanly (exit code 0)
+    checked_at: float | None = None  # the runner's post-checks (immutable files, data) were done
+    counted_seconds: float | None = None  # what the budget's clock counted (CPU s per CPU, or wall s) at its end
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,10 @@ class Evaluated(Payload):
     returncode: int | None = None
     trust: str = ""
     result: dict[str, Any] = field(default_factory=dict)
+    # the evaluation's phases, by the controller (controller.execution.phases); None as above
+    evaluator_started_at: float | None = None  # the evaluator started
+    worker_ready_at: float | None = None  # the evaluator printed that its model worker is ready
+    scored_at: float | None = None  # the evaluator exited on its own
 
 
 @dataclass(frozen=True)

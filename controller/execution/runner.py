@@ -9,8 +9,9 @@ result file; the untrusted model code it loads runs in a nested sandbox that can
 validation data either (EVAL_WORKER_PREFIX). The metric is read from the evaluator's result,
 never from anything training printed. One job is (commit, work dir, device) -> `RunOutcome`:
 the runner trains, evaluates, reads the run's stats and runs the post-checks (immutable files
-and data re-hashed) itself, so the caller only records what came back, and nothing here assumes
-one work tree or one experiment in flight.
+and data re-hashed) itself, and times each phase of the job on one clock (`RunPhases`), so the
+caller only records what came back, and nothing here assumes one work tree or one experiment in
+flight.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -28,6 +30,7 @@ from typing import Callable
 from constitution import Constitution
 from constitution.canonical import canonical_json
 from controller.execution import gpu, sandbox
+from controller.execution.phases import RunPhases
 from controller.execution.sandbox import SandboxResult, SandboxSpec
 from controller.execution.run_files import RunFileRefused, read_run_file
 from controller.policy.device import run_mfu, vram_check
@@ -119,9 +122,18 @@ class RunOutcome:
     mfu: float | None = None  # from config.json's model, the run's tokens/s claim and the device's peak
     vram_soft_exceeded: bool = False
     vram_hard_exceeded: bool = False  # the run is unscored (status crash) and the experiment a hard violation
+    phases: RunPhases = field(default_factory=RunPhases)  # when it reached each phase, by the controller
 
 
 STATS_MAX_BYTES = 20_000
+
+# The lines that mark a phase, at the start of a line of output. train.py prints its `profile:`
+# line (flushed) once the model is built and the first batch loaded, just before its loop: the
+# start-up is done. The evaluator would print `worker ready` once its scoring worker has loaded
+# the model; today's prepare.py prints nothing then (it is immutable: an amendment adds the
+# line), so that moment stays None until it does.
+TRAIN_STARTUP_MARKER = b"profile: "
+EVAL_READY_MARKER = b"worker ready"
 
 # Under the cpu clock, wall time is only a safety net: a run that gets little CPU (a machine
 # overloaded beyond reason, a run that sleeps or waits) is still stopped after this many times
@@ -279,6 +291,7 @@ class Runner:
             max_processes=self.rules.sandbox.max_processes,
             max_file_mb=min(b.disk_mb, self.rules.sandbox.max_file_mb),
             stdout_path=run_dir / "train.log",
+            marker=TRAIN_STARTUP_MARKER,
         )
         return sandbox.run(spec, self.level, on_start=on_start)
 
@@ -314,6 +327,7 @@ class Runner:
             max_processes=self.rules.sandbox.max_processes,
             max_file_mb=16,
             stdout_path=out_dir / "evaluate.log",
+            marker=EVAL_READY_MARKER,
         )
         res = sandbox.run(spec, "none", on_start=on_start)
         try:
@@ -343,10 +357,13 @@ class Runner:
 
     def run(self, job: Job, data: dict, on_start: Callable[[int], None] | None = None) -> RunOutcome:
         """Train and evaluate one job, then read its stats and run the post-checks."""
+        anchor = time.time() - time.monotonic()  # the job's moments: monotonic readings, anchored once
         outcome = self._train_and_evaluate(job.work_dir, job.run_dir, data, on_start, job.seed_offset)
         problems = tuple(integrity_problems(job.work_dir, self.rules))
+        checked = time.monotonic()
         outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems,
-                          evaluated=(outcome.status, outcome.reason, outcome.val_bpb))
+                          evaluated=(outcome.status, outcome.reason, outcome.val_bpb),
+                          phases=run_phases(outcome.train, outcome.evaluation, checked, anchor))
         outcome = self._device_use(outcome, job.run_dir)
         if problems:
             return replace(outcome, status="crash", reason="post-check failed: " + "; ".join(problems), val_bpb=None,
@@ -398,6 +415,36 @@ class Runner:
         if not isinstance(bpb, (int, float)) or not math.isfinite(bpb) or not (0 < bpb < 32):
             return RunOutcome("crash", f"evaluation gave an impossible val_bpb {bpb!r}", None, t, e, result)
         return RunOutcome("ok", "trained and evaluated", float(bpb), t, e, result)
+
+
+def run_phases(train: SandboxResult, evaluation: SandboxResult | None, checked: float | None,
+               anchor: float) -> RunPhases:
+    """A job's phases from its sandboxes' monotonic readings (`checked`: the post-checks' end, on
+    time.monotonic()); `anchor` (unix time minus monotonic time) makes them unix seconds. Budget end:
+    the stop signal, or the run's own exit before it; saved: a clean exit only. A marker line read
+    after its phase's end (a start-up that outlasted the budget, output drained after the exit)
+    is not counted as reached in time."""
+    def at(r: SandboxResult | None, offset: float | None) -> float | None:
+        if r is None or r.started_monotonic is None or offset is None:
+            return None
+        return anchor + r.started_monotonic + offset
+
+    def in_time(marker: float | None, end: float | None) -> float | None:
+        return marker if marker is None or end is None or marker <= end else None
+
+    t, e = train, evaluation
+    budget_end = t.stop_seconds if t.stopped else t.exit_seconds
+    scored = e.exit_seconds if e else None
+    return RunPhases(
+        sandbox_started=at(t, 0.0),
+        startup_done=at(t, in_time(t.marker_seconds, budget_end)),
+        budget_ended=at(t, budget_end),
+        saved=at(t, t.exit_seconds if t.returncode == 0 else None),
+        evaluator_started=at(e, 0.0),
+        worker_ready=at(e, in_time(e.marker_seconds, scored) if e else None),
+        scored=at(e, scored),
+        checked=None if checked is None else anchor + checked,
+    )
 
 
 # A run's own clock starts after its interpreter and imports are up, so an honest claim is a bit

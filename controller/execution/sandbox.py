@@ -17,7 +17,9 @@ Limits: a fresh cgroup per run where the machine allows it (v1 memory + pids + c
 here, v2 elsewhere) holds the memory limit (RSS, shared memory, the private tmpfs: all of it),
 the task limit, the peak and the CPU count; without cgroups a poll of /proc (RSS including shared memory, plus the
 private tmpfs) does it. A wall-clock kill, an optional stop signal before it, RLIMIT_FSIZE and
-RLIMIT_NPROC, and a bounded log with a tail for the ledger.
+RLIMIT_NPROC, and a bounded log with a tail for the ledger. When the run started, when the stop
+signal went out, when it exited and when a given marker line first came out of it are recorded
+on the controller's monotonic clock (the phases of a run: `controller.execution.phases`).
 
 Two clocks for the stop: wall seconds from the start, or CPU seconds of the whole tree (the
 cgroup's cpuacct counter, else a poll of /proc) divided by the CPUs the run may use, which other
@@ -114,6 +116,7 @@ class SandboxSpec:
     cpu_env: str | None = None      # an env var told the CPU seconds per CPU the run has: STOP_LEAD_S over the stop
     threads_env: str | None = None  # an env var told how many CPUs the run may use
     stop_grace_s: float | None = None  # the hard kill also comes this many wall seconds after the stop signal
+    marker: bytes | None = None     # the first output line starting with these bytes is timed (marker_seconds)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,13 @@ class SandboxResult:
     cpu_seconds: float | None = None  # user + system CPU of the whole tree over the run (the cgroup's, else polled)
     cpu_threads: int = 0            # the CPUs it could use (its affinity): the cpu clock's divisor
     stopped_by: str = ""            # "cpu" or "wall": the clock that reached its limit and sent the stop signal
+    # When things happened, by the controller: started_monotonic is the run's t0 on time.monotonic(),
+    # the others wall seconds after it (like exit_seconds); None where it never happened.
+    started_monotonic: float | None = None
+    marker_seconds: float | None = None  # the spec's marker line was read from the output
+    stop_seconds: float | None = None    # the stop signal was sent
+    counted_seconds: float | None = None  # what the stop's clock had counted when the stop came or, with
+                                          # none, when the run ended; None for a spec without a stop
 
 
 def minimal_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -922,6 +932,30 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
+class _Marker:
+    """Finds the first output line that starts with `prefix`, across chunk boundaries: `seconds` is
+    when the chunk that completed it was read (None until then). It keeps only the head of the
+    current line, so a long line costs nothing."""
+
+    def __init__(self, prefix: bytes | None):
+        self.prefix = prefix or b""
+        self.head = b""             # the current line's first len(prefix) bytes
+        self.seconds: float | None = None
+
+    def feed(self, chunk: bytes, seconds: float) -> None:
+        if not self.prefix or self.seconds is not None:
+            return
+        n = len(self.prefix)
+        for i, piece in enumerate(chunk.split(b"\n")):
+            if i:
+                self.head = b""     # a newline: a new line begins
+            if len(self.head) < n:
+                self.head += piece[:n - len(self.head)]
+                if self.head == self.prefix:
+                    self.seconds = seconds
+                    return
+
+
 class _Log:
     """Streams output to a capped file and keeps the last TAIL_BYTES in memory."""
 
@@ -992,6 +1026,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
     limits = group.kind if group else "poll"
     clock = "cpu" if cpu_stop is not None else "wall"
     log = _Log(spec.stdout_path)
+    marker = _Marker(spec.marker)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -1003,7 +1038,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
             group.remove()
         log.write(f"[charter: could not start {argv[0]}: {e}]\n".encode())
         return SandboxResult(None, False, False, 0.0, 0.0, level, log.close(), "", limits=limits, clock=clock,
-                             cpu_threads=threads)
+                             cpu_threads=threads, started_monotonic=t0)
     if on_start:
         on_start(proc.pid)
     try:
@@ -1016,6 +1051,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
     tree: dict[int, int] = {}       # the tree at the last poll
     meter = _CpuMeter(group)
     peak, reason, eof, last_poll, stopped, stopped_by, exited, used = 0, "", False, 0.0, False, "", None, 0.0
+    stop_seconds = counted = None
     deadline = t0 + spec.timeout_s
     try:
         while True:
@@ -1034,6 +1070,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 chunk = os.read(fd, 1 << 16)
                 if chunk:
                     log.write(chunk)
+                    marker.feed(chunk, time.monotonic() - t0)
                 else:
                     eof = True
             if _reap(proc, meter):
@@ -1050,6 +1087,8 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 if stopped_by:
                     _terminate(set(_tree(proc.pid)) | set(group.pids() if group else []))
                     stopped = True
+                    stop_seconds = now - t0
+                    counted = used / threads if cpu_stop is not None else stop_seconds
                     if spec.stop_grace_s is not None:
                         deadline = min(deadline, now + spec.stop_grace_s)
             if now - last_poll < POLL_S:
@@ -1075,6 +1114,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
             if reason:
                 break
     finally:
+        ended = time.monotonic()    # before the kill and the drain: when the run itself ended
         meter.read(known)           # the poll's last look at what is still there
         # whatever happened, nothing we started outlives this call
         _kill(proc.pid, known, group)
@@ -1087,8 +1127,12 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                 chunk = os.read(fd, 1 << 16)
                 eof = not chunk
                 log.write(chunk)
+                marker.feed(chunk, time.monotonic() - t0)
         proc.stdout.close()
         cpu_seconds = meter.read(known)  # everything charged, to the kill: the cgroup's, the main process's
+        if not stopped and (stop_at is not None or cpu_stop is not None):
+            # no stop came: the run ended (its own exit, or a kill) inside its budget, all of it counted
+            counted = cpu_seconds / threads if cpu_stop is not None else (exited if exited is not None else ended) - t0
         if group:
             # a limit the kernel enforced ends the run as surely as our kill: an OOM-killed
             # worker process or a refused fork is reported even when the main process then exited
@@ -1117,6 +1161,10 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
         cpu_seconds=cpu_seconds,
         cpu_threads=threads,
         stopped_by=stopped_by,
+        started_monotonic=t0,
+        marker_seconds=marker.seconds,
+        stop_seconds=stop_seconds,
+        counted_seconds=counted,
     )
 
 

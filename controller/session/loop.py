@@ -33,7 +33,7 @@ from transitions import MachineError
 
 import constitution
 from constitution import Constitution, GateState
-from controller.execution import gpu, sandbox
+from controller.execution import gpu, phases, sandbox
 from controller.execution.run_files import RunFileRefused, read_run_tail
 from controller.execution.runner import (
     Job, PrepareError, RunOutcome, Runner, cache_dir, data_problems, immutable_problems, time_claim, training_kill_seconds,
@@ -758,7 +758,8 @@ class Session:
             run_index, t.returncode, t.timed_out, t.memory_killed, round(t.wall_seconds, 3), round(t.peak_rss_mb, 1),
             t.level, t.log_tail[-2000:], outcome.stats, t.stopped, measured, claimed, claim, t.limits,
             t.clock, None if t.cpu_seconds is None else round(t.cpu_seconds, 3), t.cpu_threads, t.stopped_by,
-            **device_use.training_fields(outcome),
+            **device_use.training_fields(outcome), **phases.training_fields(outcome.phases),
+            counted_seconds=None if t.counted_seconds is None else round(t.counted_seconds, 3),
         ), experiment=n, commit_sha=commit)
         if outcome.evaluation is not None or outcome.eval_result.get("trust") == "reported":
             e = outcome.evaluation
@@ -766,6 +767,7 @@ class Session:
             self.record(P.Evaluated(
                 run_index, status, reason, round(e.wall_seconds, 3) if e else 0.0,
                 e.returncode if e else None, self.rules.evaluation.trust, outcome.eval_result,
+                **phases.evaluation_fields(outcome.phases),
             ), experiment=n, commit_sha=commit, val_bpb=bpb)
         if outcome.postcheck_problems:
             self.record(P.PostcheckFailed(list(outcome.postcheck_problems)), experiment=n, rule="integrity")
