@@ -53,8 +53,10 @@ def die_with(parent: int) -> bool:
     """Have the kernel SIGKILL this process when its parent dies (a served console is read-only
     state plus commands already ledgered, so nothing is lost); False if `parent` is already gone."""
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the parent check below still catches a server already gone
     return os.getppid() == parent  # checked after the prctl: a parent that died before it is seen here
 
 
@@ -68,8 +70,9 @@ def serve(lab_root, by: str, args: argparse.Namespace) -> int:
         print(f"charter: --port must be between 1 and 65535, got {args.port}", file=sys.stderr)
         return 2
     # `exec`: the shell textual-serve starts becomes the console, so the console is our child
-    command = "exec " + shlex.join([sys.executable, "-m", "controller.cli", "tui", "--lab", str(lab_root), "--by", by,
-                                    "--refresh", str(args.refresh), "--served-by", str(os.getpid())])
+    # `--by=NAME` keeps a name that starts with "-" a value, not an option
+    command = "exec " + shlex.join([sys.executable, "-m", "controller.cli", "tui", f"--lab={lab_root}", f"--by={by}",
+                                    f"--refresh={args.refresh}", f"--served-by={os.getpid()}"])
     print(f"charter: serving the console of {lab_root} at http://{args.host}:{args.port} as person:{by} (Ctrl-C ends it)")
     if args.host not in LOOPBACK:
         print(f"charter: warning: {args.host} is reachable from other machines; whoever opens the page can pause, "

@@ -11,6 +11,7 @@ controller measured it, never the run's own report) against `vram_soft_mb` / `vr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from constitution import Constitution
@@ -89,7 +90,8 @@ def run_mfu(config_kwargs: dict, stats: dict, device_name: str) -> float | None:
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
     value = mfu(rate, per_token, peak_flops(device_name))
-    return None if value is None else round(value, 4)
+    # the inputs are the run's claims: a huge tokens/s must not put inf into the ledger
+    return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
 @dataclass(frozen=True)

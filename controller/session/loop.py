@@ -132,6 +132,9 @@ class Session:
         self.recorder: Recorder | None = None
         self.state: SessionState | None = None
         self.stop_requested = threading.Event()
+        self.stops = 0  # how many stops came (a resume may clear stop_requested before a killed run is decided)
+        self.last_run_stopped = False  # a stop came while the last run_job ran: its failure is an interruption
+        self.held: ProposerResult | None = None  # a proposal that arrived after a pause: run once resumed
         self.stop_reason: str | None = None  # a signal's stop: why the session ended
         self.listeners: list[Callable[[Event], None]] = []  # told of every recorded event (Recorder.listeners)
         self.commands: queue.Queue[Command] = queue.Queue()
@@ -189,20 +192,23 @@ class Session:
         runs included; nothing new starts), and a stop also kills the run in flight. Before that
         (a session still starting) it is queued for the loop's first step."""
         cmd = Command(op, by or "operator", reason or "")
-        if self.commands_at_once:
-            with self.gate_lock:
-                if self.commands_closed:
-                    return {"ok": False, "error": "the session is ending; a command now would change nothing"}
+        with self.gate_lock:  # the loop sets commands_at_once and drains the queue under it too
+            if self.commands_closed:
+                return {"ok": False, "error": "the session is ending; a command now would change nothing"}
+            if self.commands_at_once:
                 reply = self.apply_command(cmd)
+            else:
+                self.commands.put(cmd)  # whatever happens next, the loop ledgers and applies it
+                reply = None
+                if op == "stop":
+                    self.stop_requested.set()
+                    self.stops += 1
+        if reply is not None:
             if op == "stop" and reply.get("ok"):
                 self.kill_inflight()
             return reply
-        self.commands.put(cmd)  # whatever happens next, the loop ledgers and applies it
         if op == "stop":
-            self.stop_requested.set()
-            flight = self.inflight  # read once: the loop may clear it at any moment
-            if flight is not None and flight.pid:
-                kill_tree(flight.pid)
+            self.kill_inflight()
         if not cmd.done.wait(timeout=COMMAND_WAIT_S):
             return {"ok": True, "queued": True, "message": f"{op} queued; the session is starting and applies it at its first step"}
         return cmd.reply
@@ -213,11 +219,11 @@ class Session:
             kill_tree(flight.pid)
 
     def drain_commands(self) -> None:
-        while not self.commands.empty():
-            cmd = self.commands.get()
-            with self.gate_lock:
+        with self.gate_lock:
+            while not self.commands.empty():
+                cmd = self.commands.get()
                 cmd.reply.update(self.apply_command(cmd))
-            cmd.done.set()
+                cmd.done.set()
 
     def apply_command(self, cmd: Command) -> dict[str, Any]:
         try:
@@ -240,7 +246,8 @@ class Session:
             return {"ok": False, "error": e.value}
         if cmd.op == "stop":
             self.stop_requested.set()
-        elif cmd.op == "resume":
+            self.stops += 1
+        elif cmd.op == "resume" and self.stop_reason is None:  # a signal's stop is not a person's to undo
             self.stop_requested.clear()
         self.record(P.OperatorCommand(cmd.op, cmd.reason), actor=by)
         self.record_transition(t, actor=by)
@@ -297,6 +304,8 @@ class Session:
                 reason = self.loop()
                 return self.end(reason)
             finally:
+                with self.gate_lock:  # a loop that raised: nothing more is applied or ledgered
+                    self.commands_closed = True
                 signal.signal(signal.SIGTERM, old_term)
                 signal.signal(signal.SIGINT, old_int)
                 self.recorder.wake()
@@ -308,6 +317,7 @@ class Session:
         experiment is recorded as interrupted; the session then ends with `why` as its reason."""
         self.stop_reason = self.stop_reason or why
         self.stop_requested.set()
+        self.stops += 1
         self.kill_inflight()
 
     def _on_interrupt(self, *_: object) -> None:
@@ -416,8 +426,9 @@ class Session:
     # -- the loop --------------------------------------------------------------------------------
     def loop(self) -> str:
         s = self.state
-        self.commands_at_once = True  # from here a command is applied on arrival; those queued before, now
-        self.drain_commands()
+        with self.gate_lock:
+            self.commands_at_once = True  # from here a command is applied on arrival; those queued before, now
+            self.drain_commands()
         try:
             self.data = self.check_integrity()
         except SessionRefused as e:
@@ -449,7 +460,7 @@ class Session:
                 return stop.reason
             if self.max_experiments is not None and s.experiment >= self.max_experiments:
                 return f"reached --max-experiments {self.max_experiments}"
-            result = self.propose()
+            result, self.held = (self.held, None) if self.held is not None else (self.propose(), None)
             if self.proposer_overran:
                 return (f"the {self.proposer.name} proposer did not return within proposer.deadline_seconds = "
                         f"{self.rules.proposer.deadline_seconds:g}; a stuck proposer is never called again")
@@ -465,6 +476,9 @@ class Session:
                 return f"{period} budget for {resource} would be exceeded by the next agent call; proposing ended"
             if self.stop_requested.is_set():
                 continue  # a stop came while the proposer thought: nothing starts
+            if result.proposal is not None and self.gate.gate in (GateState.FREEZE, GateState.STOP):
+                self.held = result  # a pause came while the proposer thought: this one runs once resumed
+                continue
             if result.proposal is None:
                 return f"the {self.proposer.name} proposer has nothing more to propose"
             try:
@@ -609,7 +623,8 @@ class Session:
         use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
         last = outcomes[-1] if outcomes else None
         if not bpbs or last.integrity_failure:  # a run that broke a pin voids the measurement
-            decision = decision_for_failed_run(last.status if last else "interrupted", self.stop_requested.is_set())
+            decision = decision_for_failed_run(last.status if last else "interrupted",
+                                               self.last_run_stopped if last else self.stop_requested.is_set())
             self.decide(n, decision, f"{label} failed: {last.reason if last else 'stopped before it ran'}", None, commit,
                         dataclasses.replace(base, **use))
             return
@@ -650,6 +665,7 @@ class Session:
         git = self.lab.git
         parent = git.head()
         base = about(proposal)
+        rule = keep_rule_for(self.rules, self.gate.gate)  # the gate's demand when it started holds to its decision
         self.set_inflight(Inflight(n, proposal.description, "harm test", time.time()))
         proposed = P.Proposed(description=proposal.description[:500], hypothesis=proposal.hypothesis[:2000],
                               source=proposal.source, proposer=self.proposer.name, parent_commit=parent,
@@ -668,20 +684,20 @@ class Session:
         outcomes = [outcome]
         if outcome.status != "ok":
             git.reset_hard(parent)
-            decision = decision_for_failed_run(outcome.status, self.stop_requested.is_set())
+            decision = decision_for_failed_run(outcome.status, self.last_run_stopped)
             base = dataclasses.replace(base, **resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb))
             self.decide(n, decision, outcome.reason, None, commit, base)
             return
         runs = [outcome.val_bpb]
         incumbent = list(s.runs.get(s.best_commit) or [s.best_bpb])
-        verdict = self.judge(incumbent, runs)
+        verdict = self.judge(incumbent, runs, rule)
         while verdict.need_more_runs and not self.stop_requested.is_set() and self.room_for_a_run():
             more = self.run_job(n, commit, len(runs) + 1, proposal.description, len(runs))
             outcomes.append(more)
             if more.status != "ok":
                 break
             runs.append(more.val_bpb)
-            verdict = self.judge(incumbent, runs)
+            verdict = self.judge(incumbent, runs, rule)
         use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
         if use["integrity_failure"]:  # a confirmation run broke a pin: none of its runs count
             git.reset_hard(parent)
@@ -715,9 +731,10 @@ class Session:
         now = utc_now()  # the experiment in flight is not counted until it is decided
         return budget_stop(self.rules, self.session_usage(now), self.day_usage(now)) is None
 
-    def judge(self, incumbent: list[float], runs: list[float]) -> keep_rule.KeepVerdict:
-        """The keep rule in force (THROTTLE's demand included) with the noise measured so far."""
-        return keep_rule.judge(incumbent, runs, keep_rule_for(self.rules, self.gate.gate), self.noise_estimate())
+    def judge(self, incumbent: list[float], runs: list[float], rule: keep_rule.KeepRule) -> keep_rule.KeepVerdict:
+        """`rule` (the keep rule in force when the experiment started, THROTTLE's demand included)
+        with the noise measured so far: a person's pause or resume mid-experiment changes neither."""
+        return keep_rule.judge(incumbent, runs, rule, self.noise_estimate())
 
     def contain(self, error: Exception) -> None:
         """An experiment the controller could not carry through: reset the work tree to the best
@@ -750,7 +767,9 @@ class Session:
             if self.stop_requested.is_set():
                 kill_tree(pid)
 
+        stops_before = self.stops
         outcome = runner.run(job, self.data, on_start=on_start)
+        self.last_run_stopped = self.stops != stops_before or self.stop_requested.is_set()
         t = outcome.train
         measured = None if t.exit_seconds is None else round(t.exit_seconds, 3)
         claimed, claim = time_claim(outcome.stats, measured)

@@ -51,6 +51,8 @@ def test_run_mfu_reads_config_and_stats_and_gives_none_for_anything_missing():
     assert run_mfu(kwargs, dict(stats, tokens_per_second="fast"), "NVIDIA H100 80GB HBM3") is None
     assert run_mfu({}, stats, "NVIDIA H100 80GB HBM3") is None
     assert run_mfu(kwargs, stats, "cpu") is None
+    # a hostile run's claim of 1e308 tokens/s gives no MFU, never inf (the ledger refuses inf)
+    assert run_mfu(kwargs, dict(stats, tokens_per_second=1e308), "NVIDIA H100 80GB HBM3") is None
 
 
 # -- VRAM limits ----------------------------------------------------------------------------------

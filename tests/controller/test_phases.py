@@ -147,7 +147,7 @@ while not stop:
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_the_sandbox_times_the_marker_the_stop_and_the_exit(lab, level):
-    r = run(make_spec(lab, WAITS_FOR_STOP, marker=b"READY: ", stop_after_s=0.5, stop_grace_s=5.0), level)
+    r = run(make_spec(lab, WAITS_FOR_STOP, marker=b"READY: ", stop_after_s=3.0, stop_grace_s=5.0), level)
     assert r.returncode == 0 and r.stopped and r.started_monotonic is not None, r.log_tail
     assert 0 < r.marker_seconds <= r.stop_seconds <= r.exit_seconds <= r.wall_seconds
     assert r.counted_seconds == r.stop_seconds    # on the wall clock the budget counts wall seconds
@@ -167,7 +167,7 @@ def test_a_crash_and_a_kill_leave_what_they_never_reached_as_none(lab, level):
     assert p.startup_done is None and p.saved is None and p.budget_ended is not None
     # ignores the stop signal: killed after the grace, never exited by itself, never saved
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
-    killed = run(make_spec(lab, stubborn, marker=b"READY: ", stop_after_s=0.3, stop_grace_s=0.3), level)
+    killed = run(make_spec(lab, stubborn, marker=b"READY: ", stop_after_s=3.0, stop_grace_s=0.3), level)
     assert killed.timed_out and killed.stopped and killed.exit_seconds is None
     k = run_phases(killed, None, None, 0.0)
     assert k.budget_ended is not None and k.saved is None and k.startup_done is None
@@ -355,7 +355,7 @@ def test_the_session_records_a_runner_jobs_phases_and_the_bench_reads_them_back(
         def record(payload, actor="controller", **typed):
             return led.record(payload, actor=actor, session="s1", **typed)
         me = SimpleNamespace(lab=Lab(root), state=SimpleNamespace(id="s1"), rules=runner.rules, level="none", data=data,
-                             stop_requested=threading.Event(), inflight=None, record=record)
+                             stop_requested=threading.Event(), stops=0, inflight=None, record=record)
         me.set_inflight = lambda inflight: setattr(me, "inflight", inflight)
         record(P.SessionStarted(tag="t"))
         out = Session.run_job(me, 0, "c0ffee", 1, "baseline")
