@@ -40,6 +40,8 @@ class RunRecord:
     val_bpb: float | None = None
     status: str = ""
     log_tail: str = ""
+    peak_vram_mb: float | None = None  # the controller's NVML reading (GPU labs)
+    mfu: float | None = None
 
 
 @dataclass
@@ -182,6 +184,7 @@ class LabView:
             if run is not None:
                 run.returncode, run.wall_seconds, run.peak_rss_mb = p.returncode, p.wall_seconds, p.peak_rss_mb
                 run.timed_out, run.log_tail = p.timed_out, p.log_tail_untrusted
+                run.peak_vram_mb, run.mfu = p.peak_vram_mb, p.mfu
         elif kind == EventKind.EVALUATED:
             row, p = self._row(ev, create=False), P.read(ev)
             run = _run(row, p.run)

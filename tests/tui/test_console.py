@@ -261,3 +261,20 @@ def test_the_header_says_how_fresh_the_view_is():
     assert stale == "stale: a controller holds the ledger but does not answer (status 10 min ago)"
     assert freshness(Source.GONE, None, now, "the controller closed the live channel").startswith("controller gone")
     assert freshness(None, None, now, None) == "connecting…"
+
+
+def test_a_gpu_runs_vram_and_mfu_show_in_the_detail_and_a_cpu_run_shows_neither(lab):
+    from tui.components.detail import detail_text
+    with Ledger.open(lab.ledger_path) as led:
+        led.record(P.Proposed(description="bigger model"), actor="controller", session="s-gpu", experiment=1)
+        led.record(P.TrainingFinished(run=1, returncode=0, wall_seconds=310.0, peak_rss_mb=9000, peak_vram_mb=41234.0,
+                                      device_name="NVIDIA H100 80GB HBM3", mfu=0.4123), actor="controller",
+                   session="s-gpu", experiment=1)
+        led.record(P.TrainingFinished(run=2, returncode=0, wall_seconds=61.0, peak_rss_mb=300), actor="controller",
+                   session="s-gpu", experiment=1)
+        view = LabView()
+        view.apply(led.events())
+    row = next(r for r in view.experiments if r.number == 1)
+    text = str(detail_text(row))
+    assert "run 1: exit 0, 310.0 s, peak 9000 MB, VRAM 41234 MB, MFU 41.2%, val_bpb -" in text
+    assert "run 2: exit 0, 61.0 s, peak 300 MB, val_bpb -" in text  # nothing measured: nothing shown

@@ -36,7 +36,9 @@ def detail_text(row: ExperimentRow) -> Text:
         t.append("\nruns\n", style="bold")
         for r in row.runs:
             v = f"{r.val_bpb:.4f}" if r.val_bpb is not None else "-"
-            t.append(f"  run {r.run}: exit {r.returncode}, {r.wall_seconds:.1f} s, peak {r.peak_rss_mb:.0f} MB, "
+            gpu = (f", VRAM {r.peak_vram_mb:.0f} MB" if r.peak_vram_mb is not None else "") + \
+                  (f", MFU {r.mfu:.1%}" if r.mfu is not None else "")
+            t.append(f"  run {r.run}: exit {r.returncode}, {r.wall_seconds:.1f} s, peak {r.peak_rss_mb:.0f} MB{gpu}, "
                      f"val_bpb {v}{', timed out' if r.timed_out else ''}{(', ' + r.status) if r.status else ''}\n")
     if row.refusals:
         t.append("\nrefused by the harm test\n", style="bold red")
