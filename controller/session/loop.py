@@ -745,7 +745,10 @@ class Session:
         self.inflight = None
         if self._decided_through < s.experiment:
             why = f"the controller could not carry this experiment through ({type(error).__name__}: {error})"[:1000]
-            self.decide(s.experiment, Decision.CRASH, why + "; its change was reset", None, reset_to, P.Decided())
+            proposed = self.proposed[1] if self.proposed and self.proposed[0] == s.experiment else None
+            base = P.Decided() if proposed is None else P.Decided(  # what it was, for readers of the decision
+                description=proposed.description, source=proposed.source, params=proposed.params)
+            self.decide(s.experiment, Decision.CRASH, why + "; its change was reset", None, reset_to, base)
 
     def refuse(self, n: int, refused: Refused, parent: str, base: P.Decided) -> None:
         self.record(P.HarmRefused(refused.items, refused.diff), experiment=n, rule=refused.rule)

@@ -112,3 +112,23 @@ def test_seed_offsets_continue_across_sessions(make_lab, monkeypatch):
     Session(lab, Script([("x", "a")]), tag="first").run()
     Session(lab, Script([("x", "b")]), tag="second").run()
     assert [c[2] for c in calls if c[0] == "baseline"] == [0, 1, 2, 3, 4, 5]
+
+
+def test_an_experiment_the_controller_trips_on_is_a_crash_that_still_says_what_it_was(make_lab, monkeypatch):
+    lab = make_lab()
+    scores = {"baseline": [2.0, 2.0], "after": [2.0]}
+    calls = scripted_runs(monkeypatch, scores)
+    real = Session.run_job
+
+    def run_job(self, n, commit, run_index, description, seed_offset=0):
+        if description == "trips":
+            raise OSError("disk gone")  # anything the controller itself fails on mid-experiment
+        return real(self, n, commit, run_index, description, seed_offset)
+
+    monkeypatch.setattr(Session, "run_job", run_job)
+    Session(lab, Script([("trips", "a"), ("after", "b")]), tag="trip").run()
+    rows = {p.description: (e, p) for e, p in decided(lab)}
+    e, p = rows["trips"]  # not an anonymous crash: the decision names the proposal it was
+    assert e.decision == Decision.CRASH and p.source == "script:trips"
+    assert "could not carry this experiment through (OSError: disk gone)" in p.reason
+    assert rows["after"][0].decision == Decision.DISCARD and ("after", 1, 0) in calls  # the session went on
