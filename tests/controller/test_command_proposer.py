@@ -201,6 +201,8 @@ def test_a_good_edit_is_kept_through_the_loop(make_lab):
     assert len(calls) == 1 and calls[0].actor == f"agent:{PROGRAM}" and calls[0].payload["stop_reason"] == "exit 0"
 
 
+# slow: the scope rule is tested without training in test_changes_beyond_the_editable_files_are_malformed
+@pytest.mark.slow
 def test_an_edit_outside_scope_is_refused_with_its_paths(make_lab):
     lab = make_lab(rules=command_rules("outside"))
     prepare, train = (lab.root / "prepare.py").read_bytes(), (lab.root / "train.py").read_bytes()

@@ -234,6 +234,9 @@ def wait_for(predicate, timeout=120, every=0.5):
     raise AssertionError("condition not met in time")
 
 
+# slow: the live channel's commands, notes and readers are in the default suite through
+# tests/tui/test_console_live.py and tests/controller/test_live.py; this is all of them at once
+@pytest.mark.slow
 def test_operators_reach_a_running_controller(make_lab, tmp_path):
     lab = make_lab()
     base = (lab.root / "train.py").read_text()

@@ -10,6 +10,7 @@ the two must agree. Finally a committed hand edit of the constitution must be re
 import os
 
 import duckdb
+import pytest
 
 from controller.live.status import session_progress
 from controller.policy.budgets import usage_from_events
@@ -41,6 +42,8 @@ class MeteredQueue:
         return ProposerResult(self.inner.propose(ctx), usage)
 
 
+# slow: the views are tested on synthetic ledgers in tests/ledger/test_views.py; this is a real session's
+@pytest.mark.slow
 def test_views_agree_with_the_python_readers_on_a_real_session(make_lab, tmp_path):
     lab = make_lab(train={"LEARNING_RATE": "1e-5"})  # a baseline that barely learns
     base = (lab.root / "train.py").read_text()
