@@ -22,7 +22,8 @@ trusted evaluator, the baseline repeats, the noise pooling, the confirmation run
   confirmed gain (its best commit against the baseline commit, re-run the same way).
 - `clock`: `bench/clock.py` (wall vs cpu clock under a competing load).
 
-    python bench/decision_quality.py [--parts premeasure,keeps,power,survival] [--repeats 3] [--hours 1] [--seconds 60]
+    python bench/decision_quality.py [--parts premeasure,keeps,power]   # the default: about 2 hours here
+    python bench/decision_quality.py --parts survival                   # about 1.5 hours more [--repeats 3] [--hours 1] [--seconds 60]
 
 Results also go to --out (JSON), so `keeps` can reuse an earlier `premeasure` (--premeasured FILE).
 """
@@ -285,7 +286,8 @@ def keeps(work: Path, args, pre: dict) -> dict:
         print(f"| {r['experiment']} | {r['source'].removeprefix('bench:')} | {r['decision']} | {r['runs']} | {imp} | {need} |")
     print(f"\nbaseline: {base['reason']}")
     print(f"false keeps: {false_keeps}/{len(null_rows)} (rate 95% CI [{lo:.2f}, {hi:.2f}]); "
-          f"true keeps: {true_keeps}/{len(help_rows)}")
+          f"helpful changes kept against the incumbent of the moment: {true_keeps}/{len(help_rows)} "
+          f"(true keeps against the commit each was measured on: the power part)")
     print(f"cost: {len(rows)} experiments ({result['runs']} runs) in {hours:.2f} h = {result['per_hour_new']:.1f}/h; "
           f"the old rule (one run each) would have run {result['per_hour_old']:.1f}/h on the same runs")
     return result
@@ -353,7 +355,7 @@ def survival(work: Path, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="premeasure,keeps", help="comma-separated: premeasure, keeps, power, survival, clock")
+    ap.add_argument("--parts", default="premeasure,keeps,power", help="comma-separated: premeasure, keeps, power, survival, clock")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=60.0, help="training_seconds of every run")
     ap.add_argument("--hours", type=float, default=1.0, help="length of the survival session")
