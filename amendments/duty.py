@@ -25,14 +25,16 @@ def _closed(rec: AmendmentRecord) -> str | None:
     return None
 
 
+def _not_a_person_or_closed(rec: AmendmentRecord, by: str) -> str | None:
+    """What refuses any act on `rec`: `by` is not a person's name, or the amendment is closed."""
+    return person_refusal(by) or _closed(rec)
+
+
 def ratify_refusal(rec: AmendmentRecord, by: str) -> str | None:
     """Why `by` may not ratify `rec` now, or None."""
-    who = person_refusal(by)
-    if who:
-        return who
-    closed = _closed(rec)
-    if closed:
-        return closed
+    refused = _not_a_person_or_closed(rec, by)
+    if refused:
+        return refused
     p = rec.proposed
     if by == p.by or by == rec.actor.removeprefix("person:"):
         return f"{by} proposed amendment {rec.id[:12]} and can't ratify it (separation of duty: another ratifier must)"
@@ -46,12 +48,9 @@ def ratify_refusal(rec: AmendmentRecord, by: str) -> str | None:
 
 def reject_refusal(rec: AmendmentRecord, by: str) -> str | None:
     """Why `by` may not reject `rec`: only a listed ratifier, or its proposer withdrawing it."""
-    who = person_refusal(by)
-    if who:
-        return who
-    closed = _closed(rec)
-    if closed:
-        return closed
+    refused = _not_a_person_or_closed(rec, by)
+    if refused:
+        return refused
     p = rec.proposed
     if by not in p.ratifiers and by != p.by:
         return f"{by} is neither a ratifier of this lab nor the proposer of amendment {rec.id[:12]}"

@@ -11,11 +11,9 @@ the live channel's would. Waits are on conditions, never on time.
 import threading
 import time
 
-from controller.execution import runner as runner_module
-from controller.execution.runner import RunOutcome
+from controller.execution.runner import RunOutcome, Runner
 from controller.execution.sandbox import SandboxResult
 from controller.proposers import Proposal
-from controller.session import loop as loop_module
 from controller.session.loop import Session
 from ledger import Decision, EventKind, Ledger
 from ledger import payloads as P
@@ -64,8 +62,7 @@ def scripted_runner(monkeypatch, outcome_for):
     def run(self, job, data, on_start=None):
         return outcome_for(job)
 
-    monkeypatch.setattr(runner_module.Runner, "run", run)
-    monkeypatch.setattr(loop_module.Runner, "run", run)
+    monkeypatch.setattr(Runner, "run", run)  # the class the loop builds its runner from
 
 
 def ok(bpb):

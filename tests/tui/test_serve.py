@@ -60,6 +60,14 @@ def load_page(port: int, proc) -> str:
             time.sleep(0.2)
 
 
+def stop_server(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=SAFETY_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def test_the_served_page_loads_and_its_console_shows_the_gate(tmp_path):
     lab = init_lab(tmp_path / "lab")
     port = free_port()
@@ -89,11 +97,7 @@ def test_the_served_page_loads_and_its_console_shows_the_gate(tmp_path):
         text = asyncio.run(screen_text())
         assert "RUN" in text and "ledger head seq" in text and "no controller running" in text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=SAFETY_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 FREEZE_RGB = (30, 144, 255)  # dodgerblue: .gate-FREEZE in tui/app.tcss
@@ -162,11 +166,7 @@ def test_the_served_page_in_headless_chromium_shows_the_gate(tmp_path):
         # the badge is ~14 x 3 cells of dodgerblue: thousands of pixels; nothing else on the screen is that colour
         assert badge_pixels(png) > 2000, f"no FREEZE badge in the browser's screenshot ({tmp_path / 'served.png'})"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=SAFETY_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def children(pid: int) -> list[int]:
