@@ -40,7 +40,9 @@ import numpy as np
 # Profiles: every constant the harness fixes. Chosen by $CHARTER_PROFILE, else auto.
 
 PROFILES = {
-    "cpu": dict(seq_len=256, vocab_size=2048, eval_tokens=2**17, time_budget=60.0, eval_batch=32),
+    # cpu: 2^15 tokens spread over the split compare two runs 2.6x more closely than the first 2^17
+    # did (validation_rows; bench/eval_noise.py), for a quarter of the evaluation's work
+    "cpu": dict(seq_len=256, vocab_size=2048, eval_tokens=2**15, time_budget=60.0, eval_batch=16),
     # gpu: logits cross a pipe as float32 (vocab * 4 bytes per token), and the offline corpus has
     # ~200k validation tokens at vocab 8192, so eval_tokens stays far below upstream's 20M
     "gpu": dict(seq_len=2048, vocab_size=8192, eval_tokens=2**17, time_budget=300.0, eval_batch=8),
@@ -425,6 +427,9 @@ def pack_rows(docs, row_len, bos, buffer_size=64):
         yield np.concatenate(row)
 
 
+TOKENIZE_AHEAD = 64  # documents tokenized together (tiktoken's batch on 2 threads), in the order drawn
+
+
 def make_dataloader(batch_size, seq_len=MAX_SEQ_LEN, device="cpu", seed=0):
     """
     Infinite iterator over the TRAIN split: (inputs, targets) int64 tensors of shape
@@ -433,12 +438,22 @@ def make_dataloader(batch_size, seq_len=MAX_SEQ_LEN, device="cpu", seed=0):
     import torch
     manifest = verify_data(splits=("train",))  # training never touches the validation split
     enc = load_tokenizer()
-    docs = _tokenize(enc, _read_split("train", manifest))
+    texts = _read_split("train", manifest)
     rng = np.random.default_rng(seed)
+    # documents are tokenized when first drawn, TOKENIZE_AHEAD at a time, and kept: the first batch
+    # comes after one chunk, not the whole split, and a run tokenizes only what it reaches (a 60 s
+    # CPU run reads about a third of the split); the order and the tokens are those of tokenizing
+    # everything first
+    docs = [None] * len(texts)
 
     def doc_stream():
         while True:
-            for i in rng.permutation(len(docs)):
+            order = rng.permutation(len(texts))
+            for k, i in enumerate(order):
+                if docs[i] is None:
+                    ahead = [j for j in order[k:k + TOKENIZE_AHEAD] if docs[j] is None]
+                    for j, tokens in zip(ahead, _tokenize(enc, [texts[j] for j in ahead])):
+                        docs[j] = tokens
                 yield docs[i]
 
     rows = pack_rows(doc_stream(), seq_len + 1, enc.bos_token_id)
@@ -484,15 +499,18 @@ class Rejected(Exception):
 
 
 def validation_rows(enc, n_rows, seq_len=MAX_SEQ_LEN):
-    """The first n_rows packed validation rows of seq_len+1 tokens: the same every time."""
+    """n_rows packed validation rows of seq_len+1 tokens, the same every time: every k-th row of the
+    whole split (k = its rows // n_rows), so that they reach across all of its documents. The first
+    n_rows alone cover a few documents, and which ones they are biases every comparison of two
+    models by the same amount: measured on a session's models, the first 2^17 tokens put an error of
+    0.011 bpb (sd) into a comparison of two of them, 2^15 spread tokens 0.004 (bench/eval_noise.py,
+    docs/benchmarks.md)."""
     manifest = verify_data()
     docs = _tokenize(enc, _read_split("val", manifest))
-    rows = []
-    for row in pack_rows(docs, seq_len + 1, enc.bos_token_id):
-        rows.append(row)
-        if len(rows) == n_rows:
-            return np.stack(rows)
-    raise PrepareError(f"validation split has only {len(rows) * seq_len} tokens; lower CHARTER_EVAL_TOKENS")
+    rows = list(pack_rows(docs, seq_len + 1, enc.bos_token_id))
+    if len(rows) < n_rows:
+        raise PrepareError(f"validation split has only {len(rows) * seq_len} tokens; lower CHARTER_EVAL_TOKENS")
+    return np.stack(rows[::len(rows) // n_rows][:n_rows])
 
 
 def _read_run_file(dir_fd, name, limit):
@@ -667,7 +685,7 @@ class _Worker:
 def _check_plan(rows, rng):
     """Check rows for the fresh worker: probes (row, cut, tokens) and controls (row)."""
     n_rows, seq_len = rows.shape[0], rows.shape[1] - 1
-    n_check = min(EVAL_CHECK_ROWS, n_rows, max(n_rows // 4, 8))
+    n_check = min(EVAL_CHECK_ROWS, n_rows, max(n_rows // 2, 8))  # 64 of the cpu profile's 128 rows
     check = [int(i) for i in rng.choice(n_rows, size=n_check, replace=False)]
     controls, probed = check[:n_check // 4], check[n_check // 4:]
     # tails come from rows the checking worker does not see otherwise, where there are such rows
@@ -694,6 +712,22 @@ def _batches(items, rng):
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
+def _log_normalizer(logits):
+    """log(sum(exp(logits))) over the last axis, float32, in numpy (the evaluator itself never imports
+    torch: its import costs ~2 s of CPU on the cores the workers start on). Two passes, not the
+    five of a shifted log-softmax: softcapped logits (|x| <= 15 in the template) cannot overflow
+    float32's exp, and a row where the plain sum is not finite (logits past ~88, or all below ~-103)
+    is recomputed with the max shift, so any finite logits give a finite answer."""
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        lse = np.log(np.exp(logits).sum(axis=-1))
+    bad = ~np.isfinite(lse)
+    if bad.any():
+        rows = logits[bad]
+        top = rows.max(axis=-1)
+        lse[bad] = top + np.log(np.exp(rows - top[..., None]).sum(axis=-1))
+    return lse
+
+
 def _close_enough(a, b):
     return bool(np.all(np.abs(a - b) <= PROBE_ATOL + PROBE_RTOL * np.abs(a)))
 
@@ -713,7 +747,7 @@ def _write_private(path, text):
 
 
 def evaluate(run_dir, out_path=None):
-    """Score a run: val_bpb over the first EVAL_TOKENS validation tokens, plus the causality check."""
+    """Score a run: val_bpb over EVAL_TOKENS validation tokens (spread over the split), plus the causality check."""
     t0 = time.time()
     out_path = out_path or os.path.join(run_dir, "evaluation.json")
     manifest = verify_data()
@@ -737,8 +771,7 @@ def evaluate(run_dir, out_path=None):
             w.send_model(model_files)
         del model_files
         rows = validation_rows(enc, n_rows)
-        import torch
-        tb = torch.from_numpy(token_bytes.astype(np.int64))
+        tb = token_bytes.astype(np.int64)
 
         rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         probes, controls = _check_plan(rows, rng)
@@ -746,18 +779,21 @@ def evaluate(run_dir, out_path=None):
         kept = {}  # the scoring worker's log-probabilities of the check rows, at the positions compared
         row_nats, row_bytes = np.zeros(n_rows), np.zeros(n_rows, dtype=np.int64)
         scorer.wait_ready()
+        print("worker ready", flush=True)  # the controller times the phases by this line
         for idx in _batches(list(range(n_rows)), rng):
             # one batch at a time: overlapping worker and scorer only made them fight for the cores
             batch = rows[idx]
-            logp = torch.log_softmax(torch.from_numpy(scorer.ask(batch[:, :-1], vocab)), dim=-1)
+            logits = scorer.ask(batch[:, :-1], vocab)
+            lse = _log_normalizer(logits)
             for r, i in enumerate(idx):
                 if i in keep:
-                    kept[i] = logp[r, :keep[i]].numpy().copy()
-            targets = torch.from_numpy(batch[:, 1:].astype(np.int64))
-            nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+                    kept[i] = logits[r, :keep[i]] - lse[r, :keep[i], None]
+            targets = batch[:, 1:].astype(np.int64)
+            # only the targets' log-probabilities: logit minus the log-normalizer, never the whole array
+            nll = (lse - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]).astype(np.float64)
             nb = tb[targets]
-            row_nats[idx] = (nll * (nb > 0)).sum(dim=1).numpy()
-            row_bytes[idx] = nb.sum(dim=1).numpy()
+            row_nats[idx] = (nll * (nb > 0)).sum(axis=1)
+            row_bytes[idx] = nb.sum(axis=1)
         scorer.close()  # gone, with anything it started, before the checking worker sees a row
 
         checker.wait_ready()
@@ -765,7 +801,7 @@ def evaluate(run_dir, out_path=None):
         items = probes + [(i, None, rows[i, :-1]) for i in controls]
         for batch in _batches(items, rng):
             logits = checker.ask(np.stack([tokens for _, _, tokens in batch]), vocab)
-            logp = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+            logp = logits - _log_normalizer(logits)[..., None]
             for r, (i, cut, _) in enumerate(batch):
                 if not _close_enough(kept[i], logp[r, :keep[i]]):
                     if cut is None:
@@ -853,7 +889,7 @@ def _worker_main():
         if b == 0:
             return
         tokens = np.frombuffer(read(b * t * 4), dtype="<i4").reshape(b, t)
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = model(torch.from_numpy(tokens.astype(np.int64)).to(device))
         arr = np.ascontiguousarray(logits.float().cpu().numpy(), dtype="<f4")
         _write_all(proto_out, struct.pack("<III", *arr.shape) if arr.ndim == 3 else struct.pack("<III", 0, 0, 0))

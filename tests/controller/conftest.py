@@ -20,7 +20,7 @@ TINY_RULES = {
     # every session test slower; test_cpu_clock covers the cpu clock through the Runner and sandbox
     'clock = "cpu" ': 'clock = "wall" ',
     "grace_seconds = 5 ": "grace_seconds = 10 ",
-    "eval_tokens = 131072": "eval_tokens = 4096",
+    "eval_tokens = 32768 ": "eval_tokens = 4096 ",
     "probation_experiments = 3": "probation_experiments = 1",
     "cooldown_seconds = 5": "cooldown_seconds = 0",
     "confirmation_runs = 1      # every candidate": "confirmation_runs = 0      # every candidate",

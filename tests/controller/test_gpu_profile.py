@@ -39,7 +39,7 @@ def test_the_gpu_constitution_differs_from_the_default_only_where_a_gpu_needs_it
     gpu_rules = constitution.parse_text(text, "gpu.toml").model_dump(mode="json")
     changed = {".".join(str(p) for p in c.path) for c in semantic_diff(cpu, gpu_rules)}
     assert changed == {
-        "meta.name", "evaluation.profile",
+        "meta.name", "evaluation.profile", "evaluation.eval_tokens",  # the cpu count is measured on the cpu corpus
         "budgets.experiment.training_seconds", "budgets.experiment.clock", "budgets.experiment.grace_seconds",
         "budgets.experiment.evaluate_timeout_seconds", "budgets.experiment.memory_soft_mb",
         "budgets.experiment.memory_hard_mb", "budgets.experiment.vram_soft_mb", "budgets.experiment.vram_hard_mb",

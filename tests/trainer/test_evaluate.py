@@ -74,6 +74,9 @@ def test_bpb_matches_float64_reference(honest, prepared):
                 "eval_seconds", "status", "reason"):
         assert key in res
     assert f"val_bpb: {res['val_bpb']:.6f}" in honest["stdout"]
+    # the controller times "worker start" and "scoring" by this line, printed before the result
+    lines = honest["stdout"].splitlines()
+    assert "worker ready" in lines and lines.index("worker ready") < lines.index("---")
 
 
 def test_evaluation_is_deterministic(honest, prepared, tmp_path):

@@ -99,6 +99,30 @@ def test_dataloader_rows_are_bos_aligned_and_shifted(prepared):
         assert int(x.max()) < enc.n_vocab and int(x.min()) >= 0
 
 
+def test_dataloader_tokenizes_as_it_goes_and_streams_what_tokenizing_everything_first_gave(prepared):
+    # the loader tokenizes documents when first drawn (a run's start-up no longer pays for the whole
+    # split); the batches must be exactly those of the old way: every document tokenized up front,
+    # the same permutations, the same packing. Two epochs, so the kept tokens are reused too.
+    p = prepared["prepare"]
+    enc = p.load_tokenizer()
+    texts = p._read_split("train", p.verify_data(splits=("train",)))
+    docs = p._tokenize(enc, texts)
+    rng = np.random.default_rng(3)
+
+    def stream():
+        while True:
+            for i in rng.permutation(len(docs)):
+                yield docs[i]
+
+    rows = p.pack_rows(stream(), 64 + 1, enc.bos_token_id)
+    total_tokens = sum(len(d) for d in docs)
+    loader = p.make_dataloader(batch_size=8, seq_len=64, seed=3)
+    for _ in range(2 * total_tokens // (8 * 65) + 2):
+        expected = np.stack([next(rows) for _ in range(8)])
+        x, y = next(loader)
+        assert np.array_equal(x.numpy(), expected[:, :-1]) and np.array_equal(y.numpy(), expected[:, 1:])
+
+
 def test_validation_rows_are_deterministic(prepared):
     p = prepared["prepare"]
     enc = p.load_tokenizer()
