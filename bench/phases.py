@@ -35,6 +35,7 @@ from ledger.query import open_readonly  # noqa: E402
 
 
 BUDGET = Phase("budget", "sandbox_started", "budget_ended", "the wall time a run's budget lasted")
+TRAINING = next(ph for ph in PHASES if ph.name == "training")  # start-up marker to the budget's end
 
 
 class Row(NamedTuple):
@@ -131,8 +132,15 @@ def summarise(sr: SessionRuns) -> dict[str, Any]:
             "median_s": statistics.median(values) if values else None,
             "min_s": min(values) if values else None, "max_s": max(values) if values else None,
         })
+    # the share of each run's budget (its wall time) spent past start-up, in the training loop
+    in_loop = [t / b for t, b in ((seconds(p, TRAINING), seconds(p, BUDGET)) for p in sr.runs)
+               if t is not None and b]
     return {
         "session": sr.session, "runs": len(sr.runs), "experiments": sr.experiments,
+        "runs_per_hour": 3600 * len(sr.runs) / wall if wall > 0 else None,
+        "experiments_per_hour": 3600 * sr.experiments / wall if wall > 0 else None,
+        "loop_share_median": statistics.median(in_loop) if in_loop else None,
+        "loop_share_min": min(in_loop) if in_loop else None,
         "runs_without_count": sum(c is None for c in sr.counted),
         "wall_seconds": wall, "counted_training_seconds": counted,
         "counted_share": counted / wall if wall > 0 else None,
@@ -145,6 +153,10 @@ def summarise(sr: SessionRuns) -> dict[str, Any]:
 
 def _s(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -161,6 +173,11 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"{summary['outside_per_run_s']:.1f} s per run")
         + (f" ({summary['runs_without_count']} runs recorded no count)" if summary["runs_without_count"] else "")
         + ".",
+        "",
+        f"Per hour: {_rate(summary['runs_per_hour'])} runs, {_rate(summary['experiments_per_hour'])} experiments. "
+        + ("" if summary["loop_share_median"] is None else
+           f"Of each run's budget, the training loop (after start-up) had {summary['loop_share_median']:.1%} "
+           f"(median; least {summary['loop_share_min']:.1%})."),
         "",
         "| phase | from → to | runs | median s | spread [min, max] s |",
         "|---|---|---|---|---|",

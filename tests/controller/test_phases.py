@@ -312,6 +312,9 @@ def test_bench_phases_summarises_the_last_session(tmp_path, monkeypatch, capsys)
     assert s["counted_share"] == pytest.approx(185 / 260)
     assert s["budget_wall_seconds"] == 190.0 and s["budget_wall_share"] == pytest.approx(190 / 260)
     assert s["outside_per_experiment_s"] == pytest.approx(75 / 3) and s["outside_per_run_s"] == pytest.approx(75 / 4)
+    assert s["runs_per_hour"] == pytest.approx(3600 * 4 / 260) and s["experiments_per_hour"] == pytest.approx(3600 * 3 / 260)
+    # start-up marker to budget end over sandbox start to budget end; the crash never printed its marker
+    assert s["loop_share_median"] == pytest.approx(56 / 60) and s["loop_share_min"] == pytest.approx(56 / 60)
     by = {ph["phase"]: ph for ph in s["phases"]}
     assert list(by) == [ph.name for ph in PHASES] + ["between runs"] + [ph.name for ph in SPANS]
     assert (by["start-up"]["runs"], by["start-up"]["median_s"], by["start-up"]["min_s"], by["start-up"]["max_s"]) == (3, 4, 3, 4)
@@ -330,6 +333,7 @@ def test_bench_phases_summarises_the_last_session(tmp_path, monkeypatch, capsys)
     assert ("Session `s1`: 4 runs in 3 experiments over 260.0 s of wall time; counted training 185.0 s = 71.2% of it "
             "(the budgets lasted 190.0 s of wall time = 73.1%); outside counted training 25.0 s per experiment, "
             "18.8 s per run.") in table
+    assert "Per hour: 55.4 runs, 41.5 experiments. Of each run's budget, the training loop (after start-up) had 93.3% (median; least 93.3%)." in table
     assert "| start-up | sandbox start to the trainer's start-up marker | 3 | 4.00 | [3.00, 4.00] |" in table
     assert "| scoring | worker ready to the evaluator's exit | 1 | 6.50 | [6.50, 6.50] |" in table
     assert "| evaluation (span) |" in table

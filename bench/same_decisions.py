@@ -1,0 +1,140 @@
+"""The same proposals, the same decisions: a queue of six edits through two trees of Charter.
+
+A change that makes experiments cheaper (issue 15) must not change what they decide. This builds a
+lab from each tree (the code at --before, checked out as a git worktree, and this checkout: each
+tree's own template, constitution and evaluator, one data cache), queues the same six edits of
+train.py's constants in each (written from that lab's own train.py, so they are the same change
+on either baseline), runs one session of each with `charter run --proposer queue` (the trees one
+after the other, in --order), and prints the decisions and val_bpb side by side, with each
+proposal's gain over its session's baseline. Each session's lab is printed; nothing is reused.
+
+    python bench/same_decisions.py --before REV [--order before,after] [--training-seconds 60] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (queue entry name, description, {constant: new value}): two clear gains, two clear losses, one
+# small change and one the keep rule has to weigh (measured effects at 60 s in docs/benchmarks.md)
+PROPOSALS = (
+    ("001-lr-x2", "learning rate 3e-3 -> 6e-3", {"LEARNING_RATE": "6e-3"}),
+    ("002-lr-third", "learning rate 3e-3 -> 1e-3", {"LEARNING_RATE": "1e-3"}),
+    ("003-batch-half", "batch 32 x 256 -> 16 x 256 tokens", {"DEVICE_BATCH_SIZE": "16", "TOTAL_BATCH_SIZE": "4096"}),
+    ("004-warmdown", "warm-down 0.1 -> 0.3 of the budget", {"WARMDOWN_RATIO": "0.3"}),
+    ("005-wide", "model width 128 -> 256", {"MODEL_DIM": "256"}),
+    ("006-depth-1", "depth 2 -> 1", {"DEPTH": "1"}),
+)
+
+SETUP = r"""
+import re, sys
+from pathlib import Path
+from controller.workspace.lab import init_lab
+from controller.workspace.preparation import prepare_lab
+lab = init_lab(Path(sys.argv[1]))
+text = lab.constitution_path.read_text()
+text = re.sub(r"^training_seconds = \S+", f"training_seconds = {sys.argv[2]}", text, flags=re.M)
+lab.constitution_path.write_text(text)
+lab.git.commit_all("bench: training budget")
+prepare_lab(lab, quiet=True)
+"""
+
+READ = r"""
+import json, sys
+from ledger.query import open_readonly
+from controller.workspace.lab import find_lab
+con = open_readonly(find_lab(sys.argv[1]).ledger_path)
+rows = con.execute("SELECT experiment, source, decision, val_bpb FROM experiments ORDER BY experiment").fetchall()
+print(json.dumps([dict(experiment=e, source=s, decision=d, val_bpb=v) for e, s, d, v in rows]))
+"""
+
+
+def in_tree(tree: Path, args: list[str], code: str | None = None) -> str:
+    env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1")
+    argv = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "controller.cli", *args]
+    proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip() or str(proc.returncode)).splitlines()[-1]
+        raise SystemExit(f"{tree}: {tail}")
+    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
+def write_queue(lab: Path, queue: Path) -> None:
+    """Each proposal as a folder entry holding the lab's train.py with its constants changed."""
+    base = (lab / "train.py").read_text()
+    for name, description, constants in PROPOSALS:
+        text = base
+        for key, value in constants.items():
+            text, n = re.subn(rf"^{key} = [^#\n]+", f"{key} = {value} ", text, flags=re.M)
+            assert n == 1, (name, key)
+        entry = queue / name
+        entry.mkdir(parents=True)
+        (entry / "train.py").write_text(text)
+        (entry / "description.txt").write_text(description + "\n")
+
+
+def session(tree: Path, work: Path, training_seconds: str) -> list[dict]:
+    lab, queue = work / "lab", work / "queue"
+    in_tree(tree, [str(lab), training_seconds], SETUP)
+    write_queue(lab, queue)
+    print(f"{tree.name}: lab {lab}", flush=True)
+    in_tree(tree, ["run", "--lab", str(lab), "--proposer", "queue", "--queue", str(queue), "--quiet", "--tag", "same"])
+    return json.loads(in_tree(tree, [str(lab)], READ))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", required=True, help="git revision of the code before the change")
+    ap.add_argument("--order", default="before,after", help="which tree's session runs first")
+    ap.add_argument("--training-seconds", default="60")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="charter-same-"))
+    before = work / "before-tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True,
+                   capture_output=True)
+    try:
+        trees = {"before": before, "after": REPO}
+        found = {name: session(trees[name], work / name, args.training_seconds) for name in args.order.split(",")}
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
+    rows = []
+    for side in ("before", "after"):
+        base = next((r["val_bpb"] for r in found[side] if r["decision"] == "baseline"), None)
+        for r in found[side]:
+            r["gain"] = None if base is None or r["val_bpb"] is None else base - r["val_bpb"]
+    def pick(side: str, name: str) -> dict:
+        if name == "baseline":
+            return next((r for r in found[side] if r["decision"] == "baseline"), {})
+        return next((r for r in found[side] if r["source"] == f"queue:{name}"), {})
+
+    for name, description, _ in (("baseline", "baseline", None),) + PROPOSALS:
+        b, a = pick("before", name), pick("after", name)
+        rows.append(dict(proposal=description, before=b, after=a, same=b.get("decision") == a.get("decision")))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+
+    def f(v):
+        return "–" if v is None else f"{v:.4f}"
+    print("| proposal | decision before | decision after | val_bpb before | val_bpb after | gain before | gain after |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        b, a = r["before"], r["after"]
+        print(f"| {r['proposal']} | {b.get('decision')} | {a.get('decision')} | {f(b.get('val_bpb'))} | "
+              f"{f(a.get('val_bpb'))} | {f(b.get('gain'))} | {f(a.get('gain'))} |")
+    same = sum(r["same"] for r in rows)
+    print(f"same decision: {same} of {len(rows)}")
+
+
+if __name__ == "__main__":
+    main()
