@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ.update(HEAP_REUSE)  # the workers' environment, as the runner gives it
         nats = np.stack([row_losses(prep, runner, lab.root, d, data, rows, token_bytes) for _, d in runs])
+        # a worker's wrapper dies by SIGKILL at close: outside a sandboxed evaluator, nothing removes
+        # its cgroup but the stale-group sweep (the wrappers' pids are gone now)
+        where = sandbox._cgroup_parents()
+        if where:
+            sandbox._remove_stale(where[1].values(), "worker")
         if args.cache:
             np.savez(args.cache, nats=nats)
     experiments = [e for e, _ in runs]
