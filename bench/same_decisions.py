@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hardening_cost import SETUP  # a lab from a tree's template with the budget set, prepared
+
 REPO = Path(__file__).resolve().parents[1]
 
 # (queue entry name, description, {constant: new value}): two clear gains, two clear losses, one
@@ -34,19 +36,6 @@ PROPOSALS = (
     ("005-wide", "model width 128 -> 256", {"MODEL_DIM": "256"}),
     ("006-depth-1", "depth 2 -> 1", {"DEPTH": "1"}),
 )
-
-SETUP = r"""
-import re, sys
-from pathlib import Path
-from controller.workspace.lab import init_lab
-from controller.workspace.preparation import prepare_lab
-lab = init_lab(Path(sys.argv[1]))
-text = lab.constitution_path.read_text()
-text = re.sub(r"^training_seconds = \S+", f"training_seconds = {sys.argv[2]}", text, flags=re.M)
-lab.constitution_path.write_text(text)
-lab.git.commit_all("bench: training budget")
-prepare_lab(lab, quiet=True)
-"""
 
 READ = r"""
 import json, sys
