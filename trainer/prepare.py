@@ -695,13 +695,14 @@ def _check_plan(rows, rng):
         cut = int(rng.integers(0, seq_len - 1))  # positions 0..cut are kept, cut+1.. come from another row
         tail = seq_len - cut - 1
         pool = donors[donors != i] if n_rows > 1 else donors
-        for _ in range(32):  # the first replaced token must differ from the original one
-            j = int(rng.choice(pool))
-            start = int(rng.integers(0, seq_len + 2 - tail))
+        for _ in range(32):  # the first replaced token must differ from the original one, and the probe
+            j = int(rng.choice(pool))  # must not be a real row (every row starts with BOS: cut 0 and a
+            start = int(rng.integers(0, seq_len + 2 - tail))  # donor's own tail would make one)
             new = rows[j, start:start + tail]
-            if new[0] != rows[i, cut + 1]:
+            probe = np.concatenate([rows[i, :cut + 1], new])
+            if new[0] != rows[i, cut + 1] and not (rows[:, :-1] == probe).all(axis=1).any():
                 break
-        probes.append((i, cut, np.concatenate([rows[i, :cut + 1], new])))
+        probes.append((i, cut, probe))
     return probes, controls
 
 
