@@ -1,13 +1,14 @@
 """How many validation tokens an evaluation needs: the error fewer tokens add to a comparison, and
 what each count costs.
 
-The evaluator scores the first `eval_tokens` validation tokens, the same rows for every run. Two
+The evaluator scores `eval_tokens` validation tokens, the same rows for every run. Two
 runs compared on those rows differ by their true difference plus an error that depends on which
 rows they are; the same rows every time make that error a fixed bias of the pair, which repeated
 runs do not average away. This bench measures it on a session's own models: every scored run of
 the session (default: the last) answers every validation row there is (through the evaluator's
-own sandboxed model worker), and for each candidate count n the rows are cut into contiguous
-blocks of n tokens (the evaluator's first-n rows are one such block): the spread across blocks of
+own sandboxed model worker), and for each candidate count n the rows are cut into disjoint
+subsets of n tokens, contiguous (what the evaluator scored before issue 15: its first n rows) or
+spread (every k-th row, close to what it scores now): the spread across subsets of
 a pair's bpb difference, root-mean-squared over pairs of different experiments, is the error n
 tokens add to a comparison. Beside it, the time the real evaluator takes at n (`Runner.evaluate`,
 interleaved over the counts, median and spread) on the session's first scored run. Read it
@@ -155,13 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     prep = load_prepare(lab.root, base_env(rules))
     enc = prep.load_tokenizer()
     seq = prep.MAX_SEQ_LEN
-    rows = None
-    for n_rows in range(4 * COUNTS[-1] // seq, 0, -COUNTS[0] // seq):  # as many rows as the split has
-        try:
-            rows = prep.validation_rows(enc, n_rows)
-            break
-        except prep.PrepareError:
-            continue
+    # every packed row of the split, in order (the evaluator's own selection would be strided)
+    docs = prep._tokenize(enc, prep._read_split("val", prep.verify_data()))
+    rows = np.stack(list(prep.pack_rows(docs, seq + 1, enc.bos_token_id)))
     token_bytes = prep.load_token_bytes().astype(np.int64)
     row_bytes = token_bytes[rows[:, 1:]].sum(axis=1)
     if args.cache and Path(args.cache).is_file():

@@ -41,7 +41,7 @@ import numpy as np
 
 PROFILES = {
     # cpu: 2^15 tokens spread over the split compare two runs 2.6x more closely than the first 2^17
-    # did (validation_rows; bench/eval_noise.py), for a quarter of the evaluation's work
+    # did (validation_rows; bench/eval_noise.py), for a third of the evaluation's work (192 rows answered, not 576)
     "cpu": dict(seq_len=256, vocab_size=2048, eval_tokens=2**15, time_budget=60.0, eval_batch=16),
     # gpu: logits cross a pipe as float32 (vocab * 4 bytes per token), and the offline corpus has
     # ~200k validation tokens at vocab 8192, so eval_tokens stays far below upstream's 20M
@@ -499,8 +499,8 @@ class Rejected(Exception):
 
 
 def validation_rows(enc, n_rows, seq_len=MAX_SEQ_LEN):
-    """n_rows packed validation rows of seq_len+1 tokens, the same every time: every k-th row of the
-    whole split (k = its rows // n_rows), so that they reach across all of its documents. The first
+    """n_rows packed validation rows of seq_len+1 tokens, the same every time: evenly spaced over the
+    whole split's rows, so that they reach across all of its documents. The first
     n_rows alone cover a few documents, and which ones they are biases every comparison of two
     models by the same amount: measured on a session's models, the first 2^17 tokens put an error of
     0.011 bpb (sd) into a comparison of two of them, 2^15 spread tokens 0.004 (bench/eval_noise.py,
@@ -510,7 +510,7 @@ def validation_rows(enc, n_rows, seq_len=MAX_SEQ_LEN):
     rows = list(pack_rows(docs, seq_len + 1, enc.bos_token_id))
     if len(rows) < n_rows:
         raise PrepareError(f"validation split has only {len(rows) * seq_len} tokens; lower CHARTER_EVAL_TOKENS")
-    return np.stack(rows[::len(rows) // n_rows][:n_rows])
+    return np.stack([rows[k] for k in (np.arange(n_rows) * len(rows)) // n_rows])
 
 
 def _read_run_file(dir_fd, name, limit):
@@ -713,20 +713,14 @@ def _batches(items, rng):
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
-def _log_normalizer(logits):
-    """log(sum(exp(logits))) over the last axis, float32, in numpy (the evaluator itself never imports
-    torch: its import costs ~2 s of CPU on the cores the workers start on). Two passes, not the
-    five of a shifted log-softmax: softcapped logits (|x| <= 15 in the template) cannot overflow
-    float32's exp, and a row where the plain sum is not finite (logits past ~88, or all below ~-103)
-    is recomputed with the max shift, so any finite logits give a finite answer."""
-    with np.errstate(over="ignore", under="ignore", divide="ignore"):
-        lse = np.log(np.exp(logits).sum(axis=-1))
-    bad = ~np.isfinite(lse)
-    if bad.any():
-        rows = logits[bad]
-        top = rows.max(axis=-1)
-        lse[bad] = top + np.log(np.exp(rows - top[..., None]).sum(axis=-1))
-    return lse
+def _shifted(logits):
+    """(logits minus each position's max, log of the sum of exp of that) over the last axis, float32,
+    in numpy (the evaluator itself never imports torch: its import costs ~2 s of CPU on the cores the
+    workers start on). A log-probability is shifted - log_sum, in that order, as torch does: adding
+    log_sum back to a huge max first would round it away (constant logits of 1e9 would score 0
+    nats), and an unshifted sum would drop the terms that underflow."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted, np.log(np.exp(shifted).sum(axis=-1))
 
 
 def _close_enough(a, b):
@@ -784,14 +778,13 @@ def evaluate(run_dir, out_path=None):
         for idx in _batches(list(range(n_rows)), rng):
             # one batch at a time: overlapping worker and scorer only made them fight for the cores
             batch = rows[idx]
-            logits = scorer.ask(batch[:, :-1], vocab)
-            lse = _log_normalizer(logits)
+            shifted, log_sum = _shifted(scorer.ask(batch[:, :-1], vocab))
             for r, i in enumerate(idx):
                 if i in keep:
-                    kept[i] = logits[r, :keep[i]] - lse[r, :keep[i], None]
+                    kept[i] = shifted[r, :keep[i]] - log_sum[r, :keep[i], None]
             targets = batch[:, 1:].astype(np.int64)
-            # only the targets' log-probabilities: logit minus the log-normalizer, never the whole array
-            nll = (lse - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]).astype(np.float64)
+            # only the targets' log-probabilities, never the whole array's
+            nll = log_sum.astype(np.float64) - np.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
             nb = tb[targets]
             row_nats[idx] = (nll * (nb > 0)).sum(axis=1)
             row_bytes[idx] = nb.sum(axis=1)
@@ -801,8 +794,8 @@ def evaluate(run_dir, out_path=None):
         bad_probes = bad_controls = 0
         items = probes + [(i, None, rows[i, :-1]) for i in controls]
         for batch in _batches(items, rng):
-            logits = checker.ask(np.stack([tokens for _, _, tokens in batch]), vocab)
-            logp = logits - _log_normalizer(logits)[..., None]
+            shifted, log_sum = _shifted(checker.ask(np.stack([tokens for _, _, tokens in batch]), vocab))
+            logp = shifted - log_sum[..., None]
             for r, (i, cut, _) in enumerate(batch):
                 if not _close_enough(kept[i], logp[r, :keep[i]]):
                     if cut is None:

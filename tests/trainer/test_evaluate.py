@@ -143,6 +143,33 @@ def test_fake_outputs_are_rejected(honest, prepared, tmp_path, forward, reason):
     assert res["status"] == "rejected" and reason in res["reason"]
 
 
+# Logits that say nothing (the same for every token) must score exactly log2(vocab) bits per token,
+# whatever their size: a log-normalizer that adds a huge max back before subtracting rounds the
+# loss to 0 (constant 1e9), and an unshifted sum drops the terms that underflow in float32
+@pytest.mark.parametrize("forward", [
+    "return torch.full((idx.size(0), idx.size(1), 2048), 1e9)",
+    "return torch.full((idx.size(0), idx.size(1), 2048), -1e9)",
+    "x = torch.full((idx.size(0), idx.size(1), 2048), -103.98); x[..., 0] = -103.28; return x",
+])
+def test_uninformative_logits_of_any_size_score_uniform(honest, prepared, tmp_path, forward):
+    extra = f"\ndef _fake(self, idx, targets=None):\n    {forward.replace('; ', chr(10) + '    ')}\nGPT.forward = _fake\n"
+    r, res = evaluate(variant(tmp_path, honest, prepared, extra), prepared)
+    assert r.returncode == 0 and res["status"] == "ok", res
+    p = prepared["prepare"]
+    rows = p.validation_rows(p.load_tokenizer(), math.ceil(p.EVAL_TOKENS / p.MAX_SEQ_LEN))
+    tb = p.load_token_bytes()
+    targets = rows[:, 1:]
+    scored = tb[targets] > 0
+    if "-103.28" in forward:  # one token 0.7 nats above the rest: its exact float64 log-probabilities
+        logits = np.full(2048, -103.98)
+        logits[0] = -103.28
+        logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+        nats = float(np.where(targets == 0, -logp[0], -logp[1])[scored].sum())
+    else:
+        nats = float(scored.sum()) * math.log(2048)
+    assert res["val_bpb"] == pytest.approx(nats / (math.log(2) * int(tb[targets].sum())), rel=1e-4)
+
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker
