@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,13 +26,18 @@ from controller.execution.runner import HEAP_REUSE  # noqa: E402
 
 def run_once(lab: Path, budget: float, heap: bool) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="charter-heap-"))
-    env = {k: v for k, v in os.environ.items() if k not in HEAP_REUSE}
+    # by hand: neither the heap setting nor a controller's clock from this environment
+    env = {k: v for k, v in os.environ.items()
+           if k not in HEAP_REUSE and k not in ("CHARTER_DEADLINE", "CHARTER_CPU_BUDGET", "CHARTER_CPU_THREADS")}
     env.update(RUN_DIR=str(run_dir), CHARTER_PROFILE="cpu", CHARTER_TIME_BUDGET=f"{budget:g}", HF_HUB_OFFLINE="1",
                OMP_WAIT_POLICY="PASSIVE", TORCHINDUCTOR_CACHE_DIR=str(run_dir / "cache"))
     if heap:
         env.update(HEAP_REUSE)
-    subprocess.run([sys.executable, "train.py"], cwd=lab, env=env, check=True, capture_output=True)
-    return json.loads((run_dir / "stats.json").read_text())
+    try:
+        subprocess.run([sys.executable, "train.py"], cwd=lab, env=env, check=True, capture_output=True)
+        return json.loads((run_dir / "stats.json").read_text())
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main() -> None:

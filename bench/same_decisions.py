@@ -101,6 +101,7 @@ def main() -> None:
         base = next((r["val_bpb"] for r in found[side] if r["decision"] == "baseline"), None)
         for r in found[side]:
             r["gain"] = None if base is None or r["val_bpb"] is None else base - r["val_bpb"]
+
     def pick(side: str, name: str) -> dict:
         if name == "baseline":
             return next((r for r in found[side] if r["decision"] == "baseline"), {})

@@ -40,7 +40,7 @@ import numpy as np
 # Profiles: every constant the harness fixes. Chosen by $CHARTER_PROFILE, else auto.
 
 PROFILES = {
-    # cpu: 2^15 tokens spread over the split compare two runs 2.6x more closely than the first 2^17
+    # cpu: 2^15 tokens spread over the split compare two runs 1.3-2.6x more closely than the first 2^17
     # did (validation_rows; bench/eval_noise.py), for a third of the evaluation's work (192 rows answered, not 576)
     "cpu": dict(seq_len=256, vocab_size=2048, eval_tokens=2**15, time_budget=60.0, eval_batch=16),
     # gpu: logits cross a pipe as float32 (vocab * 4 bytes per token), and the offline corpus has
@@ -503,8 +503,8 @@ def validation_rows(enc, n_rows, seq_len=MAX_SEQ_LEN):
     whole split's rows, so that they reach across all of its documents. The first
     n_rows alone cover a few documents, and which ones they are biases every comparison of two
     models by the same amount: measured on a session's models, the first 2^17 tokens put an error of
-    0.011 bpb (sd) into a comparison of two of them, 2^15 spread tokens 0.004 (bench/eval_noise.py,
-    docs/benchmarks.md)."""
+    0.011 and 0.008 bpb (sd, two sessions) into a comparison of two of them, 2^15 spread tokens 0.004
+    and 0.006 (bench/eval_noise.py, docs/benchmarks.md)."""
     manifest = verify_data()
     docs = _tokenize(enc, _read_split("val", manifest))
     rows = list(pack_rows(docs, seq_len + 1, enc.bos_token_id))

@@ -61,8 +61,8 @@ def kernels_cache() -> Path:
 
 # glibc hands every allocation over 128 KiB-32 MiB to mmap and unmaps it on free, so an eager CPU
 # step's activations (tens of MB each) are page-faulted in afresh every step: on 2 cores the default
-# model trained 12.5k tokens/s, 20k with the heap kept (docs/benchmarks.md, issue 15), and the
-# evaluator's model worker answered a batch in ~0.3 s instead of ~0.2 s. Every run and evaluation
+# model trained 8.7k tokens/s by hand, 13.0k with the heap kept (bench/heap_reuse.py, medians of 3
+# pairs), and the evaluator's model worker answered a batch in ~0.3 s instead of ~0.2 s. Every run and evaluation
 # gets the same setting; an operator's own value passes through.
 HEAP_REUSE = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
