@@ -491,6 +491,7 @@ EVAL_MAX_FILE_BYTES = 1 << 20     # config.json and the model source
 EVAL_MAX_WEIGHTS_BYTES = 4 << 30  # the weights
 RUN_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 WORKER_TIMEOUT = float(os.environ.get("CHARTER_EVAL_TIMEOUT", "900"))  # seconds without progress
+WORKER_GRACE = 5.0                # seconds a worker's wrapper may take to clean up after SIGTERM
 WORKER_LOG_BYTES = 64 << 10       # tail of each worker's stderr kept in the local log of a rejection
 
 
@@ -590,6 +591,7 @@ class _Worker:
         self.proc = None
         cmd = [sys.executable, os.path.abspath(__file__), "_worker"]
         prefix = os.environ.get("EVAL_WORKER_PREFIX")
+        self.wrapped = bool(prefix)
         if prefix:
             cmd = shlex.split(prefix) + cmd
         env = dict(os.environ, HOME=self.home, TMPDIR=self.home)
@@ -666,6 +668,14 @@ class _Worker:
     def close(self):
         """Kill the worker and anything it started, and remove its directory. Idempotent."""
         if self.proc is not None:
+            if self.proc.returncode is None and self.wrapped:
+                # the prefix's wrapper is trusted: asked, it kills the worker and removes the worker's
+                # own limits (a cgroup) itself; killed outright it would leave them behind
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=WORKER_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass
             if self.proc.returncode is None:
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)  # its process group: stragglers too

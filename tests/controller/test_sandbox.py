@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -598,6 +599,9 @@ def test_the_evaluator_worker_has_limits_of_its_own(lab, mech, monkeypatch):
         pytest.skip("no cgroup can be created here")
     if mech == "poll":
         monkeypatch.setattr(sandbox, "CGROUPS", False)
+    parents = sandbox._cgroup_parents()[1] if mech == "cgroup" else {}
+    groups = lambda: {d for parent in parents.values() for d in parent.glob("**/worker-*")}
+    before = groups()                        # another process's leftovers are not this test's
     env, workers = {}, {}
     for name, (code, limits, _) in WORKER_CASES.items():
         w = make_spec(lab, code, writable=[], **{"timeout_s": 20, "memory_mb": 1000, "max_processes": 64,
@@ -620,5 +624,28 @@ def test_the_evaluator_worker_has_limits_of_its_own(lab, mech, monkeypatch):
         assert any(e in lines[name] for e in expected) and f"{name} -> 0 " not in lines[name], lines[name]
     if mech == "poll":
         return
-    kind, parents = sandbox._cgroup_parents()
-    assert [d for parent in parents.values() for d in parent.glob("**/worker-*")] == []
+    assert groups() - before == set()
+
+
+@needs_bwrap
+def test_a_closed_worker_leaves_no_cgroup_behind(lab, monkeypatch):
+    """The evaluator closes a live worker: its trusted wrapper is asked to stop, kills the worker
+    and removes the worker's own cgroup (SIGKILLed, the wrapper could not: CI found one left)."""
+    if MECHANISM == "poll":
+        pytest.skip("no cgroup can be created here")
+    from trainer import prepare
+    spec = make_spec(lab, "", writable=[], readable=[Path(prepare.__file__).parent])
+    monkeypatch.setenv("EVAL_WORKER_PREFIX", worker_prefix(spec))
+    worker = prepare._Worker("model worker")
+    _, parents = sandbox._cgroup_parents()
+    mine = lambda: [d for p in parents.values() for d in p.glob(f"worker-{worker.proc.pid}-*")]
+    try:
+        for _ in range(200):                     # the wrapper makes the group, then starts bwrap in it
+            if any((d / "cgroup.procs").read_text().split() for d in mine()):
+                break
+            time.sleep(0.05)
+        assert mine(), "the worker never got a cgroup of its own"
+        assert worker.proc.poll() is None, worker.stderr_tail()
+    finally:
+        worker.close()
+    assert mine() == []
