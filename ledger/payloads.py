@@ -257,6 +257,7 @@ class Evaluated(Payload):
     result: dict[str, Any] = field(default_factory=dict)
     # the evaluation's phases, by the controller (controller.execution.phases); None as above
     evaluator_started_at: float | None = None  # the evaluator started
+    evaluator_released_at: float | None = None  # it was let read the run (later than its start if started early)
     worker_ready_at: float | None = None  # the evaluator printed that its model worker is ready
     scored_at: float | None = None  # the evaluator exited on its own
 

@@ -751,32 +751,54 @@ def _write_private(path, text):
         raise
 
 
-def evaluate(run_dir, out_path=None):
-    """Score a run: val_bpb over EVAL_TOKENS validation tokens (spread over the split), plus the causality check."""
-    t0 = time.time()
+GO_POLL_S = 0.01  # how often an evaluator started early looks for the controller's word
+
+
+def wait_for_go(go_path):
+    """An evaluator the controller started early, while the run still trains or saves, waits here
+    before it reads anything of the run: True once go_path says "go" (the run's processes are all
+    gone), False for any other word (nothing to score). The controller writes it by a rename."""
+    while True:
+        try:
+            with open(go_path, "rb") as f:
+                return f.read(16).strip() == b"go"
+        except FileNotFoundError:
+            time.sleep(GO_POLL_S)
+
+
+def evaluate(run_dir, out_path=None, go_path=None):
+    """Score a run: val_bpb over EVAL_TOKENS validation tokens (spread over the split), plus the
+    causality check. With go_path, the run is read only once the controller says so (wait_for_go);
+    None is returned, and nothing written, if it says there is nothing to score."""
     out_path = out_path or os.path.join(run_dir, "evaluation.json")
-    manifest = verify_data()
-    enc = load_tokenizer()
-    token_bytes = load_token_bytes()
-    vocab = enc.n_vocab
     n_rows = math.ceil(EVAL_TOKENS / MAX_SEQ_LEN)
     result = dict(status="rejected", reason="", val_bpb=None, val_loss=None, eval_tokens=n_rows * MAX_SEQ_LEN,
                   eval_bytes=None, causality="not checked", profile=PROFILE, seq_len=MAX_SEQ_LEN,
-                  vocab_size=vocab, data_hash=manifest["data_hash"], tokenizer_hash=tokenizer_hash(),
+                  vocab_size=None, data_hash=None, tokenizer_hash=None,
                   run_dir=os.path.abspath(run_dir), eval_seconds=None, probe_rows=0, control_rows=0)
     workers = []
+    t0 = time.time()
     try:
-        model_files = read_model_files(run_dir)
-        # both workers start now: their start-up overlaps each other and the data preparation
+        # both workers start first: their interpreters and imports overlap each other, the data
+        # preparation below and, for an evaluator started early, the run's last step and saving
         scorer = _Worker("model worker")
         workers.append(scorer)
         checker = _Worker("checking model worker")
         workers.append(checker)
+        manifest = verify_data()
+        enc = load_tokenizer()
+        vocab = enc.n_vocab
+        result.update(vocab_size=vocab, data_hash=manifest["data_hash"], tokenizer_hash=tokenizer_hash())
+        tb = load_token_bytes().astype(np.int64)
+        rows = validation_rows(enc, n_rows)
+        if go_path is not None:
+            if not wait_for_go(go_path):
+                return None
+            t0 = time.time()  # the evaluation's own time starts when the run may be read
+        model_files = read_model_files(run_dir)
         for w in workers:
             w.send_model(model_files)
         del model_files
-        rows = validation_rows(enc, n_rows)
-        tb = token_bytes.astype(np.int64)
 
         rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         probes, controls = _check_plan(rows, rng)
@@ -863,17 +885,18 @@ def _worker_main():
             got += k
         return buf
 
-    # the model's files first, before the slow imports, so that the evaluator is not kept waiting
+    # the slow imports first: an evaluator started early has its workers ready when the run is
+    # saved, and one started late prepares its data meanwhile (no model code has run yet)
+    import io
+    import linecache
+    import types
+    import torch
     if bytes(read(8)) != b"CHARTER2":
         sys.exit("unknown protocol")
     header_len, source_len, weights_len = struct.unpack("<IIQ", read(16))
     header = json.loads(bytes(read(header_len)))
     source = bytes(read(source_len)).decode("utf-8")
     weights = read(weights_len)
-    import io
-    import linecache
-    import types
-    import torch
     filename = os.path.abspath(header["source"])  # in the worker's own directory, not the run's
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # for tracebacks
     module = types.ModuleType("model_source")
@@ -934,6 +957,8 @@ def main(argv=None):
     e = sub.add_parser("evaluate", help="score a finished run")
     e.add_argument("run_dir")
     e.add_argument("--out", default=None)
+    e.add_argument("--go", default=None, metavar="FILE",
+                   help="started early: read the run only once FILE says go (any other word: exit 4, nothing scored)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "verify":
@@ -947,7 +972,10 @@ def main(argv=None):
         if args.cmd == "evaluate":
             if not os.path.isdir(args.run_dir):
                 raise PrepareError(f"run directory not found: {args.run_dir}")
-            r = evaluate(args.run_dir, args.out)
+            r = evaluate(args.run_dir, args.out, args.go)
+            if r is None:
+                print("nothing to score: the controller called the evaluation off")
+                return 4
             print("---")
             for k in ("status", "val_bpb", "val_loss", "eval_tokens", "eval_bytes", "causality",
                       "eval_seconds", "profile", "data_hash", "tokenizer_hash", "reason"):

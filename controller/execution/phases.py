@@ -3,9 +3,12 @@
 A run passes, in this order: the training sandbox starts; the trainer's start-up is done (the
 marker line train.py prints once its model is built and its first batch loaded); the training
 budget ends (the controller's stop signal, or the run's own exit before it); the run is saved
-(its process tree exited cleanly); the evaluator starts; its model worker is ready (a marker
-line the evaluator prints, where it does); scoring is done (the evaluator exited); the runner's
-post-checks are done; and, for an experiment's last run, the decision (its `decided` event).
+(its process tree exited cleanly); the evaluator is released to read the run; its model worker is
+ready (a marker line the evaluator prints, where it does); scoring is done (the evaluator exited);
+the runner's post-checks are done; and, for an experiment's last run, the decision (its `decided`
+event). The evaluator itself starts either at its release or, where the lab's evaluator can wait
+for the controller's word, early, at the stop signal (its start-up then overlaps the run's saving,
+and is off the chain of consecutive phases).
 `RunPhases` holds those moments as unix seconds on one clock (the runner anchors its monotonic
 readings to the wall clock once per job), None for a phase a run never reached (a crash, a kill,
 a trainer that prints no marker). The start-up marker is printed by the untrusted run, so its
@@ -33,6 +36,7 @@ class RunPhases:
     budget_ended: float | None = None
     saved: float | None = None
     evaluator_started: float | None = None
+    evaluator_released: float | None = None  # allowed to read the run: its start, or the word to an early one
     worker_ready: float | None = None
     scored: float | None = None
     checked: float | None = None
@@ -58,8 +62,8 @@ PHASES: tuple[Phase, ...] = (
     Phase("start-up", "sandbox_started", "startup_done", "sandbox start to the trainer's start-up marker"),
     Phase("training", "startup_done", "budget_ended", "start-up marker to the stop signal (or the run's exit)"),
     Phase("saving", "budget_ended", "saved", "stop signal to the training tree's clean exit"),
-    Phase("hand-off", "saved", "evaluator_started", "training exited to the evaluator's start"),
-    Phase("worker start", "evaluator_started", "worker_ready", "evaluator start to its model worker ready"),
+    Phase("hand-off", "saved", "evaluator_released", "training exited to the evaluator's release"),
+    Phase("worker start", "evaluator_released", "worker_ready", "evaluator's release to its model worker ready"),
     Phase("scoring", "worker_ready", "scored", "worker ready to the evaluator's exit"),
     Phase("post-check", "scored", "checked", "evaluator's exit to the post-checks done (files, data re-hashed)"),
     Phase("decision", "checked", "decided", "post-checks to the `decided` event (an experiment's last run)"),
@@ -67,12 +71,13 @@ PHASES: tuple[Phase, ...] = (
 # Spans over several phases, for when a moment inside them is unknown (no worker-ready marker yet).
 SPANS: tuple[Phase, ...] = (
     Phase("training sandbox", "sandbox_started", "saved", "sandbox start to the training tree's clean exit"),
-    Phase("evaluation", "evaluator_started", "scored", "evaluator start to its exit"),
+    Phase("evaluation", "evaluator_released", "scored", "evaluator's release to its exit"),
+    Phase("early start", "evaluator_started", "evaluator_released", "an early evaluator's start to its release"),
     Phase("run", "sandbox_started", "checked", "sandbox start to the post-checks done"),
 )
 
 TRAINING = ("sandbox_started", "startup_done", "budget_ended", "saved", "checked")  # on TrainingFinished
-EVALUATION = ("evaluator_started", "worker_ready", "scored")                        # on Evaluated
+EVALUATION = ("evaluator_started", "evaluator_released", "worker_ready", "scored")  # on Evaluated
 
 
 def seconds(p: RunPhases, phase: Phase) -> float | None:
@@ -107,4 +112,6 @@ def from_payloads(training: P.TrainingFinished, evaluated: P.Evaluated | None = 
     moments = {name: getattr(training, f"{name}_at") for name in TRAINING}
     if evaluated is not None:
         moments |= {name: getattr(evaluated, f"{name}_at") for name in EVALUATION}
+        if moments["evaluator_released"] is None:  # recorded before early starts: released as it started
+            moments["evaluator_released"] = moments["evaluator_started"]
     return RunPhases(**moments, decided=decided)

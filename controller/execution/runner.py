@@ -30,6 +30,7 @@ from typing import Callable
 from constitution import Constitution
 from constitution.canonical import canonical_json
 from controller.execution import gpu, sandbox
+from controller.execution.early_eval import EarlyEvaluator, supports_go
 from controller.execution.phases import RunPhases
 from controller.execution.sandbox import SandboxResult, SandboxSpec
 from controller.execution.run_files import RunFileRefused, read_run_file
@@ -132,6 +133,7 @@ class RunOutcome:
     vram_soft_exceeded: bool = False
     vram_hard_exceeded: bool = False  # the run is unscored (status crash) and the experiment a hard violation
     phases: RunPhases = field(default_factory=RunPhases)  # when it reached each phase, by the controller
+    released_monotonic: float | None = None  # an early evaluator's release (time.monotonic()); else its start
 
 
 STATS_MAX_BYTES = 20_000
@@ -245,7 +247,7 @@ class Runner:
         return [Path(data["val_dir"]), self.state_dir]
 
     def train(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None,
-              seed_offset: int = 0) -> SandboxResult:
+              seed_offset: int = 0, on_stop: Callable[[], None] | None = None) -> SandboxResult:
         """Training sees the lab, the train shards, the manifest and the tokenizer read-only and
         writes only its run dir, compile caches included (nothing one run writes reaches the
         next). The controller owns the clock: SIGTERM at training_seconds after the sandbox
@@ -301,21 +303,28 @@ class Runner:
             stdout_path=run_dir / "train.log",
             marker=TRAIN_STARTUP_MARKER,
         )
-        return sandbox.run(spec, self.level, on_start=on_start)
+        return sandbox.run(spec, self.level, on_start=on_start, on_stop=on_stop)
 
-    def evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None) -> tuple[SandboxResult, dict]:
+    def evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None,
+                 go_file: Path | None = None) -> tuple[SandboxResult, dict]:
         """The trusted evaluator runs unwrapped (nested bwrap can't work without capabilities we
         drop); the untrusted model worker it starts runs in bwrap as the sandbox uid: no
         validation data, no cache, no network, the lab and the run dir read-only, nothing
         writable but a private /tmp, and limits of its own (worker_prefix: its own memory cgroup,
         tasks, file size, a wall-clock kill; prepare.py's WORKER_TIMEOUT rejects a worker that
         stops answering). The controller still owns the evaluator's timeout, memory limit
-        (covering the worker's tree) and kill."""
+        (covering the worker's tree) and kill. With go_file (`early_eval`), the evaluator is
+        started early and reads the run only at the runner's word; it may wait for as long as
+        the run's grace."""
         b = self.rules.budgets.experiment
-        out_dir = run_dir.parent / f"{run_dir.name}.eval"
+        out_dir = self.eval_dir(run_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / "evaluation.json"
         out.unlink(missing_ok=True)
+        waits = []
+        if go_file is not None:
+            go_file.unlink(missing_ok=True)
+            waits = ["--go", str(go_file)]
         env = base_env(self.rules) | {"HOME": str(out_dir)}
         if self.level == "bubblewrap":
             worker_spec = SandboxSpec(
@@ -325,12 +334,12 @@ class Runner:
             )
             env["EVAL_WORKER_PREFIX"] = sandbox.worker_prefix(worker_spec)
         spec = SandboxSpec(
-            argv=python_argv(self.rules.evaluation.evaluate_command) + [str(run_dir), "--out", str(out)],
+            argv=python_argv(self.rules.evaluation.evaluate_command) + [str(run_dir), "--out", str(out), *waits],
             cwd=work_dir,
             writable=[out_dir],
             hidden=[],
             env=env,
-            timeout_s=b.evaluate_timeout_seconds,
+            timeout_s=b.evaluate_timeout_seconds + (b.grace_seconds if waits else 0),
             memory_mb=b.memory_hard_mb,
             max_processes=self.rules.sandbox.max_processes,
             max_file_mb=16,
@@ -371,7 +380,8 @@ class Runner:
         checked = time.monotonic()
         outcome = replace(outcome, stats=read_stats(job.run_dir), postcheck_problems=problems,
                           evaluated=(outcome.status, outcome.reason, outcome.val_bpb),
-                          phases=run_phases(outcome.train, outcome.evaluation, checked, anchor))
+                          phases=run_phases(outcome.train, outcome.evaluation, checked, anchor,
+                                            outcome.released_monotonic))
         outcome = self._device_use(outcome, job.run_dir)
         if problems:
             return replace(outcome, status="crash", reason="post-check failed: " + "; ".join(problems), val_bpb=None,
@@ -389,20 +399,41 @@ class Runner:
         value = run_mfu(kwargs, outcome.stats, outcome.device_name) if outcome.device_name and isinstance(kwargs, dict) else None
         return replace(outcome, mfu=value, vram_soft_exceeded=verdict.soft_exceeded, vram_hard_exceeded=verdict.hard_exceeded)
 
+    @staticmethod
+    def eval_dir(run_dir: Path) -> Path:
+        """The evaluator's own directory (its result, its log, the runner's word to it)."""
+        return run_dir.parent / f"{run_dir.name}.eval"
+
+    def early_evaluator(self, work_dir: Path, run_dir: Path, data: dict) -> EarlyEvaluator | None:
+        """An evaluator to start at the stop signal, where the lab's evaluator can wait for the
+        runner's word (`early_eval`); None where it can't or nothing is evaluated."""
+        if self.rules.evaluation.trust == "reported":
+            return None
+        env = dict(os.environ, **{k: v for k, v in base_env(self.rules).items() if k.startswith("CHARTER_")})
+        if not supports_go(python_argv(self.rules.evaluation.evaluate_command), work_dir, env):
+            return None
+        go_file = self.eval_dir(run_dir) / "go"
+        return EarlyEvaluator(go_file, lambda started: self.evaluate(work_dir, run_dir, data, started, go_file))
+
     def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None,
                             seed_offset: int = 0) -> RunOutcome:
-        # GPU memory is sampled by the controller while training runs (NVML; off for a cpu lab)
-        with gpu.VramSampler(enabled=self.rules.evaluation.profile == "gpu") as vram:
-            t = self.train(work_dir, run_dir, data, on_start, seed_offset)
-        over = vram_check(vram.peak_mb, None, self.rules.budgets.experiment.vram_hard_mb)
-        if over.hard_exceeded:  # unscored, like a run over its host memory limit: no evaluation
-            outcome = RunOutcome("crash", over.reason, None, t, None, {})
-        else:
-            outcome = self._after_training(work_dir, run_dir, data, on_start, t)
+        early = self.early_evaluator(work_dir, run_dir, data)
+        try:
+            # GPU memory is sampled by the controller while training runs (NVML; off for a cpu lab)
+            with gpu.VramSampler(enabled=self.rules.evaluation.profile == "gpu") as vram:
+                t = self.train(work_dir, run_dir, data, on_start, seed_offset, on_stop=early.start if early else None)
+            over = vram_check(vram.peak_mb, None, self.rules.budgets.experiment.vram_hard_mb)
+            if over.hard_exceeded:  # unscored, like a run over its host memory limit: no evaluation
+                outcome = RunOutcome("crash", over.reason, None, t, None, {})
+            else:
+                outcome = self._after_training(work_dir, run_dir, data, on_start, t, early)
+        finally:
+            if early:
+                early.cancel()  # nothing to score (or an error on the way): it exits unread; no-op once released
         return replace(outcome, peak_vram_mb=vram.peak_mb, device_name=vram.device_name)
 
     def _after_training(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None,
-                        t: SandboxResult) -> RunOutcome:
+                        t: SandboxResult, early: EarlyEvaluator | None = None) -> RunOutcome:
         b = self.rules.budgets.experiment
         if t.memory_killed:
             return RunOutcome("crash", f"training exceeded {b.memory_hard_mb} MB and was killed", None, t, None, {})
@@ -413,22 +444,28 @@ class Runner:
             return RunOutcome("crash", f"training exited with code {t.returncode}", None, t, None, {})
         if self.rules.evaluation.trust == "reported":
             return self.reported(run_dir, t)
-        e, result = self.evaluate(work_dir, run_dir, data, on_start)
+        if early and early.started:  # the training tree is gone (sandbox.run returned): it may read the run
+            e, result, released = early.release(on_start)
+        else:
+            e, result = self.evaluate(work_dir, run_dir, data, on_start)
+            released = e.started_monotonic
+        outcome = RunOutcome("ok", "trained and evaluated", None, t, e, result, released_monotonic=released)
         if e.timed_out:
-            return RunOutcome("crash", "evaluation passed its deadline and was killed", None, t, e, result)
+            return replace(outcome, status="crash", reason="evaluation passed its deadline and was killed")
         if result.get("status") != "ok":
             why = str(result.get("reason") or f"evaluator exited with code {e.returncode}")[:300]
-            return RunOutcome("crash", f"evaluation rejected the run: {why}", None, t, e, result)
+            return replace(outcome, status="crash", reason=f"evaluation rejected the run: {why}")
         bpb = result.get("val_bpb")
         if not isinstance(bpb, (int, float)) or not math.isfinite(bpb) or not (0 < bpb < 32):
-            return RunOutcome("crash", f"evaluation gave an impossible val_bpb {bpb!r}", None, t, e, result)
-        return RunOutcome("ok", "trained and evaluated", float(bpb), t, e, result)
+            return replace(outcome, status="crash", reason=f"evaluation gave an impossible val_bpb {bpb!r}")
+        return replace(outcome, val_bpb=float(bpb))
 
 
 def run_phases(train: SandboxResult, evaluation: SandboxResult | None, checked: float | None,
-               anchor: float) -> RunPhases:
-    """A job's phases from its sandboxes' monotonic readings (`checked`: the post-checks' end, on
-    time.monotonic()); `anchor` (unix time minus monotonic time) makes them unix seconds. Budget end:
+               anchor: float, released: float | None = None) -> RunPhases:
+    """A job's phases from its sandboxes' monotonic readings (`checked`: the post-checks' end,
+    `released`: the evaluator's release, both on time.monotonic(); an evaluator released at its
+    start when not given); `anchor` (unix time minus monotonic time) makes them unix seconds. Budget end:
     the stop signal, or the run's own exit before it; saved: a clean exit only. A marker line read
     after its phase's end (a start-up that outlasted the budget, output drained after the exit)
     is not counted as reached in time."""
@@ -449,6 +486,7 @@ def run_phases(train: SandboxResult, evaluation: SandboxResult | None, checked: 
         budget_ended=at(t, budget_end),
         saved=at(t, t.exit_seconds if t.returncode == 0 else None),
         evaluator_started=at(e, 0.0),
+        evaluator_released=(at(e, 0.0) if released is None else anchor + released) if e else None,
         worker_ready=at(e, in_time(e.marker_seconds, scored) if e else None),
         scored=at(e, scored),
         checked=None if checked is None else anchor + checked,

@@ -983,14 +983,16 @@ class _Log:
         return self.tail.decode("utf-8", "replace")
 
 
-def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = None) -> SandboxResult:
+def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = None,
+        on_stop: Callable[[], None] | None = None) -> SandboxResult:
     """Run spec at level ("bubblewrap" or "none") to its end, or kill its tree at a limit.
 
     Level "none" applies env, cwd, rlimits, the cgroup, the limits and the kill, but not the
     file-system view, the uid or the network.
 
     The stop signal comes at spec.stop_after_s wall seconds or, on the cpu clock, once the tree's
-    CPU seconds divided by its CPUs reach spec.stop_after_cpu_s, whichever is first.
+    CPU seconds divided by its CPUs reach spec.stop_after_cpu_s, whichever is first; on_stop is
+    called (on this thread: it must return at once) right after it is sent.
     """
     global _bwrap_ok
     t0 = time.monotonic()           # the run's clock: the stop, the timeout and exit_seconds count from here
@@ -1091,6 +1093,8 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                     counted = used / threads if cpu_stop is not None else stop_seconds
                     if spec.stop_grace_s is not None:
                         deadline = min(deadline, now + spec.stop_grace_s)
+                    if on_stop:
+                        on_stop()
             if now - last_poll < POLL_S:
                 continue
             last_poll = now

@@ -33,7 +33,7 @@ from test_sandbox import LEVELS, lab, make_spec  # noqa: F401  (lab is a fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = RunPhases(sandbox_started=100.0, startup_done=104.0, budget_ended=160.0, saved=161.5, evaluator_started=162.0,
-                 worker_ready=164.0, scored=173.0, checked=175.0, decided=176.0)
+                 evaluator_released=162.0, worker_ready=164.0, scored=173.0, checked=175.0, decided=176.0)
 
 
 def assert_in_order(p: RunPhases) -> None:
@@ -64,7 +64,7 @@ def test_a_phase_the_run_never_reached_is_none_and_nothing_raises():
     d = durations(crash)
     assert d == {"start-up": None, "training": None, "saving": None, "hand-off": None, "worker start": None,
                  "scoring": None, "post-check": None, "decision": None}
-    assert durations(crash, SPANS) == {"training sandbox": None, "evaluation": None, "run": 3.0}
+    assert durations(crash, SPANS) == {"training sandbox": None, "evaluation": None, "early start": None, "run": 3.0}
     assert all(v is None for v in durations(RunPhases()).values())
     # today's evaluator prints no worker-ready line: the evaluation span still has its figure
     no_worker = dataclasses.replace(FULL, worker_ready=None)
@@ -83,8 +83,11 @@ def test_the_ledger_fields_round_trip_and_old_events_read_as_none(tmp_path):
     assert from_payloads(back[0], back[1], decided=FULL.decided) == FULL
     assert back[0].counted_seconds == 60.0
     # an evaluation-less run keeps its training moments; a body from before these fields reads as None
-    assert from_payloads(back[0]) == dataclasses.replace(FULL, evaluator_started=None, worker_ready=None, scored=None,
-                                                         decided=None)
+    assert from_payloads(back[0]) == dataclasses.replace(FULL, evaluator_started=None, evaluator_released=None,
+                                                         worker_ready=None, scored=None, decided=None)
+    # an evaluation recorded before early starts was released as it started
+    old = dataclasses.replace(back[1], evaluator_released_at=None)
+    assert from_payloads(back[0], old).evaluator_released == FULL.evaluator_started
     assert from_payloads(P.TrainingFinished.from_json({"run": 1, "wall_seconds": 70.0})) == RunPhases()
 
 
@@ -99,7 +102,13 @@ def test_the_runner_turns_sandbox_readings_into_moments_on_one_clock():
     train = result(marker_seconds=4.0, stopped=True, stop_seconds=60.0, exit_seconds=61.0)
     ev = result(started_monotonic=1062.0, marker_seconds=2.0, exit_seconds=10.0)
     p = run_phases(train, ev, checked=1073.0, anchor=anchor)
-    assert p == RunPhases(6000.0, 6004.0, 6060.0, 6061.0, 6062.0, 6064.0, 6072.0, 6073.0)
+    assert p == RunPhases(6000.0, 6004.0, 6060.0, 6061.0, 6062.0, 6062.0, 6064.0, 6072.0, 6073.0)
+    # an evaluator started early, at the stop signal, and released once the run was saved
+    early = run_phases(train, result(started_monotonic=1060.0, marker_seconds=4.0, exit_seconds=12.0), 1073.0, anchor,
+                       released=1061.5)
+    assert (early.evaluator_started, early.saved, early.evaluator_released, early.worker_ready) == \
+        (6060.0, 6061.0, 6061.5, 6064.0)
+    assert durations(early)["hand-off"] == 0.5 and durations(early, SPANS)["early start"] == 1.5
     # exited before the stop: the exit ends the budget
     assert run_phases(result(exit_seconds=30.0), None, None, anchor).budget_ended == 6030.0
     # a crash: exited with an error, never saved, never evaluated
@@ -236,6 +245,66 @@ def test_a_runner_job_that_crashes_leaves_the_phases_after_it_none(fake_lab):
     assert p.startup_done is not None and p.budget_ended is not None and p.checked is not None
     assert (p.saved, p.evaluator_started, p.worker_ready, p.scored) == (None, None, None, None)
     assert_in_order(p)
+
+
+# A trainer that takes a while to save after the stop signal (or crashes then), and an evaluator
+# that can start early: it notes what of the run it could see at its start and at the word.
+SLOW_SAVE_TRAIN = FAKE_TRAIN.replace("with open(", """time.sleep(0.5)  # saving
+if os.path.exists("CRASH_AFTER_STOP"):
+    raise SystemExit(1)
+with open(""", 1)
+EARLY_PREPARE = f"""
+import json, os, sys, time
+if sys.argv[1] == "verify":
+    print(json.dumps({{"profile": "cpu"}}))
+elif sys.argv[1:] == ["evaluate", "--help"]:
+    print("usage: prepare.py evaluate run_dir [--out OUT] [--go FILE]")
+elif sys.argv[1] == "evaluate":
+    run_dir, out, go = sys.argv[2], sys.argv[sys.argv.index("--out") + 1], sys.argv[sys.argv.index("--go") + 1]
+    with open(os.path.join(os.path.dirname(out), "pid"), "w") as f:
+        f.write(str(os.getpid()))
+    saved_at_start = os.path.exists(os.path.join(run_dir, "stats.json"))
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    if open(go).read() != "go":
+        sys.exit(4)
+    print("{EVAL_READY_MARKER.decode()}", flush=True)
+    with open(out, "w") as f:
+        json.dump({{"status": "ok", "val_bpb": 1.5, "saved_at_start": saved_at_start,
+                   "saved_at_go": os.path.exists(os.path.join(run_dir, "stats.json"))}}, f)
+"""
+
+
+def test_an_evaluator_started_at_the_stop_reads_the_run_only_once_it_is_saved(fake_lab):
+    root, data, runner = fake_lab
+    (root / "train.py").write_text(SLOW_SAVE_TRAIN)
+    (root / "prepare.py").write_text(EARLY_PREPARE)
+    published = []
+    out = runner.run(Job(1, 1, "c0ffee", root, root / ".charter" / "runs" / "r1"), data, on_start=published.append)
+    assert out.status == "ok" and out.val_bpb == 1.5, (out.reason, out.train.log_tail, out.evaluation)
+    assert out.eval_result["saved_at_start"] is False and out.eval_result["saved_at_go"] is True
+    p = out.phases
+    assert p.budget_ended <= p.evaluator_started < p.saved <= p.evaluator_released < p.worker_ready <= p.scored
+    assert durations(p, SPANS)["early start"] > 0
+    # the session saw the training's pid, and the evaluator's only at its release
+    evaluator = int((root / ".charter" / "runs" / "r1.eval" / "pid").read_text())
+    assert len(published) == 2 and published[1] == evaluator
+
+
+def test_an_early_evaluator_is_called_off_when_the_run_does_not_save(fake_lab):
+    root, data, runner = fake_lab
+    (root / "train.py").write_text(SLOW_SAVE_TRAIN)
+    (root / "prepare.py").write_text(EARLY_PREPARE)
+    (root / "CRASH_AFTER_STOP").write_text("")
+    published = []
+    out = runner.run(Job(1, 1, "c0ffee", root, root / ".charter" / "runs" / "r1"), data, on_start=published.append)
+    assert out.status == "timeout" and "did not save" in out.reason and out.evaluation is None, out.reason
+    eval_dir = root / ".charter" / "runs" / "r1.eval"
+    assert (eval_dir / "go").read_text() == "cancel"
+    evaluator = int((eval_dir / "pid").read_text())     # it had started, and is gone without a result
+    assert not Path(f"/proc/{evaluator}").exists() and not (eval_dir / "evaluation.json").exists()
+    assert len(published) == 1                            # only the training's pid ever reached the session
+    assert out.phases.evaluator_started is None
 
 
 # -- bench/phases.py on a synthetic ledger ---------------------------------------------------------

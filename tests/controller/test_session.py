@@ -68,6 +68,11 @@ def test_keep_and_discard_through_git(make_lab, tmp_path):
     result = json.loads((lab.runs_dir / summary["session"] / "0001-1.eval" / "evaluation.json").read_text())
     assert evaluated.val_bpb == result["val_bpb"] == decided[1].val_bpb
     assert evaluated.payload["result"]["causality"] == "ok"
+    # each evaluator started at its run's stop signal, and was let read the run only once it was saved
+    runs = list(zip(events(lab, EventKind.TRAINING_FINISHED), events(lab, EventKind.EVALUATED)))
+    assert len(runs) >= 3 and all(tf.payload["stopped"] for tf, _ in runs)
+    for tf, ev in runs:
+        assert ev.payload["evaluator_started_at"] < tf.payload["saved_at"] <= ev.payload["evaluator_released_at"]
     started = events(lab, EventKind.SESSION_STARTED)[0]
     assert started.payload["isolation"] == "bubblewrap"
     with Ledger.open(lab.ledger_path, read_only=True) as led:

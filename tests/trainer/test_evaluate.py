@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -524,3 +525,54 @@ def test_worker_output_never_reaches_the_result(honest, prepared, tmp_path):
     assert r.returncode == 3 and res["reason"] == "model worker exited with code 1 before it had loaded the model"
     assert "LEAK-MARKER" not in (run_dir / "evaluation.json").read_text() + r.stdout + r.stderr
     assert "LEAK-MARKER" in (run_dir / "evaluation.worker.log").read_text()  # kept for a person
+
+
+def _children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _say(go, word):
+    (go.parent / "go.tmp").write_text(word)
+    os.replace(go.parent / "go.tmp", go)
+
+
+def test_an_early_evaluator_reads_the_run_only_at_the_word(honest, prepared, tmp_path):
+    """Started while the run is still being saved (its directory empty), the evaluator starts its
+    workers and prepares its data, then waits: the run's files appear, "go", and it scores them
+    exactly as an evaluator started afterwards does."""
+    run_dir, out, go = tmp_path / "run", tmp_path / "evaluation.json", tmp_path / "go"
+    run_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "prepare.py", "evaluate", str(run_dir), "--out", str(out), "--go", str(go)],
+                            cwd=prepared["lab"], env=prepared["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        while len(_children(proc.pid)) < 2 and proc.poll() is None:   # both workers started
+            time.sleep(0.05)
+        time.sleep(1.0)   # time to have read the (empty) run, were it going to
+        assert proc.poll() is None and not out.exists()
+        for f in honest["run_dir"].iterdir():
+            if f.name != "evaluation.json":
+                shutil.copy(f, run_dir / f.name)
+        _say(go, "go")
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stdout + stderr
+    res = json.loads(out.read_text())
+    assert res["status"] == "ok" and res["val_bpb"] == honest["result"]["val_bpb"]
+
+
+def test_an_early_evaluator_called_off_scores_nothing(honest, prepared, tmp_path):
+    out, go = tmp_path / "evaluation.json", tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "prepare.py", "evaluate", str(honest["run_dir"]), "--out", str(out),
+                             "--go", str(go)], cwd=prepared["lab"], env=prepared["env"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _say(go, "cancel")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 4 and "nothing to score" in stdout, stdout + stderr
+    assert not out.exists()
+    r = run(["prepare.py", "evaluate", "--help"], prepared["lab"], prepared["env"])
+    assert "--go FILE" in r.stdout          # what the runner asks before it starts one early
