@@ -59,7 +59,7 @@ SUCCESSION_KEYS = {"version", "parent_hash", "ratified_at", "amendment_id"}
 LOOSER_IF_HIGHER = (
     ("budgets",), ("scope", "max_diff_lines"), ("sandbox", "max_processes"), ("sandbox", "max_file_mb"),
     ("proposer", "deadline_seconds"), ("proposer", "max_tokens_per_call"), ("proposer", "max_turns"),
-    ("proposer", "retries"),
+    ("proposer", "retries"), ("scale", "workers"), ("scale", "devices_per_worker"),
 )
 # numbers whose larger value makes keeping or spending harder (a stricter keep rule, higher prices)
 TIGHTER_IF_HIGHER = (

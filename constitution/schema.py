@@ -230,6 +230,18 @@ class Sandbox(Strict):
     max_file_mb: int = Field(gt=0)
 
 
+class Scale(Strict):
+    """Experiments in flight at once. One worker runs in the controller's process, as always; more
+    run as Ray tasks (backend "ray", `pip install charter[ray]`), each run in the same sandbox on
+    its worker, while the controller keeps proposing, the harm test, git, decisions, gates and
+    the ledger."""
+
+    workers: int = Field(default=1, ge=1, le=256)  # experiments in flight at once (charter run --workers N)
+    backend: Literal["local", "ray"] = "ray"  # where more than one worker runs; "local" allows only one
+    devices_per_worker: int = Field(default=1, ge=1)  # each worker's CPUs (cpu profile) or GPUs (gpu profile)
+    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: a local one per session
+
+
 class Prices(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
@@ -394,6 +406,7 @@ class Constitution(Strict):
     sandbox: Sandbox
     proposer: Proposer
     amendment: Amendment
+    scale: Scale = Field(default_factory=Scale)  # absent in constitutions older than parallel experiments
 
     @model_validator(mode="after")
     def _paths(self) -> "Constitution":

@@ -28,6 +28,7 @@ from controller.workspace.preparation import prepare_lab
 from controller.proposers import ProposerError, ProposerOptions, available, make_proposer
 from controller.execution.runner import PrepareError
 from controller.execution import gpu
+from controller.execution.ray_pool import ray_refusal
 from controller.policy.device import gpu_refusal
 from controller.session.loop import Session, SessionRefused
 from controller.session.narrator import Narrator
@@ -182,6 +183,16 @@ def _lab_for_run(arg: str | None, by: str, source: str | None) -> Lab:
     return lab
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be 1 to 256, not {value}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # the proposer first: a usage mistake must not cost a lab creation and a data preparation
     try:
@@ -191,11 +202,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     no_gpu = gpu_refusal(rules, gpu.probe())  # before a data preparation sized for a GPU
     if no_gpu:
         raise SessionRefused(no_gpu)
+    scale = rules.scale if args.workers is None else rules.scale.model_copy(update={"workers": args.workers})
+    no_ray = ray_refusal(scale)  # before a lab creation too
+    if no_ray:
+        raise SessionRefused(no_ray)
     kind = args.proposer or rules.proposer.kind
     seed = rules.proposer.seed if args.seed is None else args.seed
     proposer = make_proposer(kind, ProposerOptions(rules=rules, seed=seed, queue_dir=Path(args.queue) if args.queue else None))
     lab = _lab_for_run(args.lab, args.by, args.source)
-    session = Session(lab, proposer, tag=args.tag, max_experiments=args.max_experiments)
+    session = Session(lab, proposer, tag=args.tag, max_experiments=args.max_experiments, workers=args.workers)
     mode = "quiet" if args.quiet else "jsonl" if args.jsonl else "lines"
     narrator = Narrator(sys.stdout, mode, inflight=lambda: session.inflight, stopping=session.stop_requested.is_set)
     session.listeners.append(narrator.on_event)
@@ -336,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab_arg(sp)
     sp.add_argument("--tag", help="session tag; the session works on branch charter/TAG")
     sp.add_argument("--max-experiments", type=int, help="stop after N experiments (baseline not counted)")
+    sp.add_argument("--workers", type=positive_int, metavar="N",
+                    help="experiments in flight at once, on Ray (default: the constitution's scale.workers)")
     sp.add_argument("--proposer", choices=available(), help="default: the constitution's proposer.kind")
     sp.add_argument("--queue", help="directory of queued proposals (for --proposer queue)")
     sp.add_argument("--seed", type=int, help="offline proposer seed (default: the constitution's)")

@@ -16,7 +16,9 @@ from datetime import datetime, timezone
 from transitions import MachineError
 
 from controller.live.client import ControllerUnreachable, LiveClient, LiveError, ProtocolMismatch, RequestRefused
-from controller.live.status import Progress, SessionView, StatusSnapshot, build_status, read_status, session_progress
+from controller.live.status import (
+    InflightStatus, Progress, SessionView, StatusSnapshot, build_status, read_status, session_progress,
+)
 from controller.policy import budgets
 from controller.policy.gates import restore_gate, transition_payload
 from constitution import GateState
@@ -135,6 +137,22 @@ def operator_command(lab: Lab, op: str, by: str, reason: str, key: Path | None =
     return f"{op}: gate {t.source.value} -> {t.dest.value} (no controller running; recorded for the next session)"
 
 
+def flight_text(f: InflightStatus) -> str:
+    left = f", {f.seconds_left:.0f} s left before the kill" if f.seconds_left is not None else ""
+    return f"experiment {f.experiment} ({f.description}): {f.step}{left}"
+
+
+def in_flight_lines(s: StatusSnapshot) -> list[str]:
+    """One line for the one experiment in flight, as always; with several workers a line for each,
+    oldest first, then the loop's own step when it is none of them (proposing the next)."""
+    if not s.in_flight:
+        return [f"in flight: {flight_text(s.inflight)}"] if s.inflight else []
+    lines = [f"in flight: {len(s.in_flight)} experiments"] + [f"  {flight_text(f)}" for f in s.in_flight]
+    if s.inflight and s.inflight.experiment not in {f.experiment for f in s.in_flight}:
+        lines.append(f"  loop: {flight_text(s.inflight)}")
+    return lines
+
+
 def format_status(s: StatusSnapshot) -> str:
     g, sess, best, b = s.gate, s.session, s.best, s.budgets
     lines = [f"gate: {g.state}" + (" (held by operator)" if g.held_by_operator else "")
@@ -145,10 +163,7 @@ def format_status(s: StatusSnapshot) -> str:
         lines.append(f"experiments: {sess.experiments}  keeps: {sess.keeps}")
     else:
         lines.append("session: none yet (charter run)")
-    if s.inflight:
-        f = s.inflight
-        left = f", {f.seconds_left:.0f} s left before the kill" if f.seconds_left is not None else ""
-        lines.append(f"in flight: experiment {f.experiment} ({f.description}): {f.step}{left}")
+    lines += in_flight_lines(s)
     if best.baseline_bpb is not None:
         lines.append(f"val_bpb: baseline {best.baseline_bpb:.4f}, best {best.best_bpb:.4f}")
     used = ", ".join(f"{k} {v.used:g}/{v.limit:g}" for k, v in b.session.items())

@@ -126,6 +126,7 @@ class SessionStarted(Payload):
     pid: int | None = None
     constitution_hash: str = ""
     constitution_version: int = 0
+    workers: int = 1  # experiments in flight at once (scale.workers, or charter run --workers)
 
 
 @dataclass(frozen=True)

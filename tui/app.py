@@ -173,8 +173,10 @@ class CharterApp(App[None]):
             self.problem = u.problem
         if u.events:
             self.view.apply(list(u.events))
-            if self.feed is not None:
-                self.feed.run_dir = self.view.run_dir
+            if self.feed is not None and self.feed.run_dir != self.view.run_dir:
+                # the tail follows another run now: drop the old run's until the feed reads the new
+                # one, or it would show for a moment under the new run's number
+                self.feed.run_dir, self.tail = self.view.run_dir, ""
         best_before = self.status.best if self.status else None
         if u.status is not None and not (u.live_only and self.source != Source.LIVE):
             # the controller's own clock (same machine): a stale status.json counts down from when it was written
@@ -213,9 +215,11 @@ class CharterApp(App[None]):
         badge, info = header_texts(self.lab.root.name, self.view, self.status, self.source, self.status_at, self.problem, now)
         state = self.status.gate.state if self.status else (self.view.last_gate().to_state if self.view.last_gate() else "RUN")
         self.query_one(GateHeader).show(badge, state, info)
-        flight = self.status.inflight if self.status and self.status.running else None
+        running = self.status is not None and self.status.running
+        flight = self.status.inflight if running else None
+        flights = self.status.in_flight if running else ()  # several workers: every experiment in flight
         received = self.status_at if self.status_at is not None else now.timestamp()
-        self.query_one(NowPanel).show(flight, received, now.timestamp(), self.tail)
+        self.query_one(NowPanel).show(flight, received, now.timestamp(), self.tail, flights, self.view.run_experiment)
 
     def _draw_budgets(self) -> None:
         now = self.clock()

@@ -105,6 +105,10 @@ class LabView:
     amendment_events: list[Event] = field(default_factory=list)
     feed: deque[str] = field(default_factory=lambda: deque(maxlen=FEED_LINES))
     run_dir: str | None = None  # the run in flight's directory (its train.log is the Now tail)
+    run_experiment: int | None = None  # whose run that is
+    # with several workers, every run still in flight in this session, oldest start first: one
+    # experiment's decision must not end another's tail
+    run_dirs: dict[int | None, str] = field(default_factory=dict)
     budget_events: list[Any] = field(default_factory=list)  # the kinds budgets count, for the day's meters
     events_seen: int = 0
 
@@ -144,10 +148,10 @@ class LabView:
                 self.session_started, self.branch = ev.ts, p.branch
             self.session, self.tag, self.session_ended = ev.session, p.tag, None
             self.constitution_version, self.constitution_hash = p.constitution_version, p.constitution_hash
-            self.run_dir = None
+            self._no_runs()
         elif kind == EventKind.SESSION_ENDED:
             self.session_ended = P.read(ev).reason
-            self.run_dir = None
+            self._no_runs()
         elif kind in (EventKind.CONSTITUTION_LOADED, EventKind.LAB_CREATED, EventKind.AMENDMENT_APPLIED):
             p = P.read(ev)
             self.constitution_version = p.version if kind != EventKind.LAB_CREATED else p.constitution_version
@@ -177,7 +181,9 @@ class LabView:
             if row is not None:
                 row.runs.append(RunRecord(p.run))
             if ev.session == self.session:
-                self.run_dir = p.run_dir
+                self.run_dirs.pop(ev.experiment, None)  # a rerun of the same experiment is its newest run
+                self.run_dirs[ev.experiment] = p.run_dir
+                self._latest_run()
         elif kind == EventKind.TRAINING_FINISHED:
             row, p = self._row(ev, create=False), P.read(ev)
             run = _run(row, p.run)
@@ -200,7 +206,8 @@ class LabView:
                 row.commit = ev.commit_sha or row.commit
                 row.decided_at = ev.ts
             if ev.session == self.session:
-                self.run_dir = None
+                self.run_dirs.pop(ev.experiment, None)
+                self._latest_run()
         elif kind == EventKind.GATE_TRANSITION:
             p = P.read(ev)
             self.gate_history.append(GateRow(ev.seq, ev.ts, p.from_state, p.to_state, p.rule, p.evidence, p.by, p.held))
@@ -210,6 +217,16 @@ class LabView:
                                                  p.dollars, p.stop_reason))
         elif kind in (EventKind.AMENDMENT_PROPOSED, EventKind.AMENDMENT_RATIFIED, EventKind.AMENDMENT_REJECTED):
             self.amendment_events.append(ev)
+
+    def _no_runs(self) -> None:
+        self.run_dirs.clear()
+        self._latest_run()
+
+    def _latest_run(self) -> None:
+        """The Now tail follows the latest run started that is still in flight (with one worker:
+        the run in flight, or none once it is decided)."""
+        self.run_experiment = next(reversed(self.run_dirs), None)
+        self.run_dir = self.run_dirs.get(self.run_experiment)
 
     # -- questions -------------------------------------------------------------------------------
     def session_experiments(self) -> list[ExperimentRow]:

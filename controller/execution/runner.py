@@ -77,9 +77,10 @@ def base_env(rules: Constitution) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     } | HEAP_REUSE)
-    # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines
+    # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines; and
+    # the GPUs a Ray worker was given (ray_pool)
     for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE",
-                "CHARTER_COMPILE", *HEAP_REUSE):
+                "CHARTER_COMPILE", "CUDA_VISIBLE_DEVICES", *HEAP_REUSE):
         if key in os.environ:
             env[key] = os.environ[key]
     return env

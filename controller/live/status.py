@@ -145,6 +145,7 @@ class StatusSnapshot:
     pid: int | None
     updated: datetime
     stale: bool = False  # a reader's mark: the controller did not answer, this is its last published one
+    in_flight: tuple[InflightStatus, ...] = ()  # with several workers: every experiment in flight, oldest first
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape `charter status --json` and status.json have always had."""
@@ -161,11 +162,7 @@ class StatusSnapshot:
             "updated": _iso(self.updated),
             "gate": {"state": g.state, "held_by_operator": g.held_by_operator, "rule": g.rule, "evidence": g.evidence},
             "session": session,
-            "inflight": None if self.inflight is None else {
-                "experiment": self.inflight.experiment, "description": self.inflight.description,
-                "step": self.inflight.step, "elapsed_seconds": self.inflight.elapsed_seconds,
-                "seconds_left": self.inflight.seconds_left,
-            },
+            "inflight": None if self.inflight is None else _flight_json(self.inflight),
             "budgets": {
                 "session": {k: {"used": v.used, "limit": v.limit} for k, v in b.session.items()},
                 "burn": "inf" if math.isinf(b.burn) else b.burn,  # JSON has no infinity
@@ -174,6 +171,8 @@ class StatusSnapshot:
             "best": {"baseline_bpb": self.best.baseline_bpb, "best_bpb": self.best.best_bpb,
                      "best_commit": self.best.best_commit, "improvement": self.best.improvement},
         }
+        if self.in_flight:  # several workers only: a single-worker status keeps its shape
+            out["in_flight"] = [_flight_json(f) for f in self.in_flight]
         if self.stale:
             out["stale"] = True
         return out
@@ -187,9 +186,8 @@ class StatusSnapshot:
             gate=GateStatus(g["state"], bool(g.get("held_by_operator")), g.get("rule"), g.get("evidence")),
             session=SessionStatus(s.get("id"), s.get("tag"), s.get("branch"), _datetime(s.get("started")),
                                   int(s.get("experiments", 0)), int(s.get("keeps", 0)), s.get("ended")),
-            inflight=None if f is None else InflightStatus(
-                int(f["experiment"]), f.get("description", ""), f.get("step", ""),
-                float(f.get("elapsed_seconds", 0.0)), f.get("seconds_left")),
+            inflight=None if f is None else _flight(f),
+            in_flight=tuple(_flight(x) for x in data.get("in_flight") or ()),
             budgets=BudgetStatus(
                 {k: ResourceUse(v["used"], v["limit"]) for k, v in b["session"].items()},
                 math.inf if burn == "inf" else float(burn), b.get("burn_resource", "")),
@@ -199,6 +197,16 @@ class StatusSnapshot:
             updated=_datetime(data["updated"]),
             stale=bool(data.get("stale", False)),
         )
+
+
+def _flight_json(f: InflightStatus) -> dict[str, Any]:
+    return {"experiment": f.experiment, "description": f.description, "step": f.step,
+            "elapsed_seconds": f.elapsed_seconds, "seconds_left": f.seconds_left}
+
+
+def _flight(f: Mapping[str, Any]) -> InflightStatus:
+    return InflightStatus(int(f["experiment"]), f.get("description", ""), f.get("step", ""),
+                          float(f.get("elapsed_seconds", 0.0)), f.get("seconds_left"))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -211,25 +219,24 @@ def _datetime(value: str | None) -> datetime | None:
 
 def build_status(*, rules: Constitution, gate, gate_rule: str | None, gate_evidence: str | None,
                  session: SessionView | None, progress: Progress, usage: budgets.Usage, inflight: Inflight | None,
-                 running: bool, pid: int | None, now: datetime) -> StatusSnapshot:
+                 running: bool, pid: int | None, now: datetime, flights: list[Inflight] = ()) -> StatusSnapshot:
     """The snapshot of a lab from what its owner knows (`gate` is a GateMachine or anything with
     `state` and `held_by_operator`); pure but for reading the clock for the experiment in flight."""
     limits = rules.budgets.session
     frac, which = budgets.burn(usage, limits)
-    flight = None
-    if inflight is not None:
-        clock = time.time()
-        flight = InflightStatus(
-            inflight.experiment, inflight.description, inflight.step,
-            elapsed_seconds=round(clock - inflight.started, 1),
-            seconds_left=round(inflight.deadline - clock, 1) if inflight.deadline else None,
-        )
+    clock = time.time()
+
+    def view(f: Inflight) -> InflightStatus:
+        return InflightStatus(f.experiment, f.description, f.step, elapsed_seconds=round(clock - f.started, 1),
+                              seconds_left=round(f.deadline - clock, 1) if f.deadline else None)
+    flight = None if inflight is None else view(inflight)
     baseline, best = progress.baseline_bpb, progress.best_bpb
     return StatusSnapshot(
         gate=GateStatus(gate.state, gate.held_by_operator, gate_rule, gate_evidence),
         session=SessionStatus() if session is None else SessionStatus(
             session.id, session.tag, session.branch, session.started, progress.experiments, progress.keeps, session.ended),
         inflight=flight,
+        in_flight=tuple(view(f) for f in sorted(flights, key=lambda f: f.experiment)),
         budgets=BudgetStatus(
             {k: ResourceUse(round(v, 4), getattr(limits, k)) for k, v in usage.as_dict().items()},
             frac if math.isinf(frac) else round(frac, 4), which),

@@ -22,8 +22,9 @@ MAX_PROPOSER_FAILURES = 3  # consecutive proposer failures before the session en
 
 
 def decision_for_failed_run(status: str, stop_requested: bool) -> Decision:
-    """A run that did not end "ok": a stop from a person makes it interrupted, not the change's fault."""
-    if stop_requested:
+    """A run that did not end "ok": a stop from a person, or a worker lost under it, makes it
+    interrupted, not the change's fault."""
+    if stop_requested or status == "interrupted":
         return Decision.INTERRUPTED
     return Decision.TIMEOUT if status == "timeout" else Decision.CRASH
 

@@ -198,7 +198,7 @@ def first_message(ctx: ProposalContext, rules: Constitution) -> str:
              "", "The last results (more with the history tool):", json.dumps(recent, indent=None)]
     if journal:
         lines += ["", "Your journal (your own one-line lessons, oldest first):"] + [f"- {j}" for j in journal]
-    return "\n".join(lines)
+    return "\n".join(lines) + brief.in_flight_note(ctx)
 
 
 def _with_tools(call: AgentUsage, refusals: list[str]) -> AgentUsage:

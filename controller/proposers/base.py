@@ -89,6 +89,9 @@ class ProposalContext:
     run_log: Callable[[int, int], str | None] | None = None
     # host paths no agent may see (the lab itself, the data cache): a sandboxed proposer hides them
     protected: tuple[Path, ...] = ()
+    # with several workers: the candidates proposed and not yet decided (decision "in flight"), so
+    # that nothing already running is proposed again
+    in_flight: list[HistoryItem] = field(default_factory=list)
 
 
 class Proposer(Protocol):

@@ -116,4 +116,13 @@ def prompt_document(ctx: ProposalContext, rules: Constitution, history_limit: in
         "and a one-line lesson from the results so far to `.charter-lesson` (it appears in later histories).\n\n"
         f"## History of this lab (structured, last {len(records)} experiments, oldest first)\n\n"
         f"```json\n{json.dumps(records, indent=1)}\n```\n"
+        + in_flight_note(ctx)
     )
+
+
+def in_flight_note(ctx: ProposalContext) -> str:
+    """With several workers: what is running now (proposed, not decided), so it is not proposed again."""
+    if not ctx.in_flight:
+        return ""
+    lines = "\n".join(f"- experiment {h.experiment}: {clean(h.description)}" for h in ctx.in_flight)
+    return f"\n## Running now (not decided yet; do not propose these again)\n\n{lines}\n"

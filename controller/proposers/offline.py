@@ -569,7 +569,7 @@ class OfflineProposer:
             """A configuration as the file holds it (older records may hold unrounded values)."""
             return tuple(sorted((k, written(consts[k], v) if k in consts and _number(v) else v) for k, v in params.items()))
 
-        tried = {key(h.params) for items in groups for h in items if h.params}
+        tried = {key(h.params) for items in [*groups, ctx.in_flight] for h in items if h.params}
         tried.add(key(current))
         knobs = self._knobs(consts)
         knob_of = {m: k for k, members in knobs.items() for m in members}

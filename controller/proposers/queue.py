@@ -90,7 +90,7 @@ class QueueProposer:
         )
 
     def propose(self, ctx: ProposalContext) -> Proposal | None:
-        done = {h.source for h in ctx.history}
+        done = {h.source for h in [*ctx.history, *ctx.in_flight]}  # decided, or running now
         for entry in self.entries():
             if f"queue:{entry.name}" not in done:
                 return read_entry(entry)

@@ -1,7 +1,8 @@
 """The steps of one experiment before anything runs, each returning a typed result.
 
 stage (a proposal -> the exact file changes, in a scratch copy) -> harm test (changes -> a
-refusal or a pass) -> commit (changes -> a commit in the work dir). Training, evaluation and the
+refusal or a pass) -> commit (changes -> a commit in the work dir) -> the runs it needs, each a
+`RunRequest` the session answers with a `RunOutcome`. Training, evaluation and the
 post-checks are one job for the runner (`controller.execution.runner`); the decision is the keep
 rule's. The session sequences these and records each result; nothing here writes the ledger.
 Any input a proposer can craft ends as a `Refused` with a reason, never as an exception.
@@ -9,6 +10,7 @@ Any input a proposer can craft ends as a `Refused` with a reason, never as an ex
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,27 @@ from controller.workspace.staging import StagingError, apply_to_lab, stage, unif
 from ledger.payloads import Decided, RefusalItem
 
 DIFF_CAP = 200_000  # characters of a diff kept in the ledger
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run an experiment needs: its commit, which run of it, and the tree it is checked out in."""
+
+    experiment: int
+    commit: str
+    run_index: int  # 1 for a candidate's first run, 2.. for confirmation runs
+    description: str
+    seed_offset: int = 0  # runs of this commit scored before: a repeat draws another seed
+    work_dir: Path | None = None  # None: the lab's work tree
+
+
+def next_request(steps: Generator[RunRequest, RunOutcome, None], outcome: RunOutcome) -> RunRequest | None:
+    """Send an experiment's steps the outcome of the run it asked for: its next request, or None
+    once it is decided."""
+    try:
+        return steps.send(outcome)
+    except StopIteration:
+        return None
 
 
 @dataclass(frozen=True)

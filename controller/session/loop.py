@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +34,7 @@ from transitions import MachineError
 import constitution
 from constitution import Constitution, GateState
 from controller.execution import gpu, phases, sandbox
+from controller.execution.ray_pool import RayPool, ray_refusal, reap_leftovers
 from controller.execution.run_files import RunFileRefused, read_run_tail
 from controller.execution.runner import (
     Job, PrepareError, RunOutcome, Runner, cache_dir, data_problems, immutable_problems, time_claim, training_kill_seconds,
@@ -52,11 +53,15 @@ from controller.policy.outcomes import (
 from controller.proposers import AgentBudget, HistoryItem, Proposal, ProposalContext, Proposer, ProposerResult, as_result
 from controller.proposers.offline import parse_constants
 from controller.session import device_use
-from controller.session.experiment import DIFF_CAP, Refused, about, commit_step, harm_step, resource_use, stage_step
+from controller.session.experiment import (
+    DIFF_CAP, Refused, RunRequest, about, commit_step, harm_step, next_request, resource_use, stage_step,
+)
+from controller.session.parallel import POLL_S, parallel_loop
 from controller.session.recorder import CONTROLLER, Recorder
 from controller.session.resume import history_item, lab_history, lab_outcomes, open_session, replay_session
 from controller.workspace.anchor import write_anchor
 from controller.workspace.lab import Lab
+from controller.workspace.worktrees import InPlace, Worktree, clean_worktrees
 from ledger import Decision, Event, EventKind, Ledger, LedgerError
 from ledger import payloads as P
 
@@ -106,6 +111,16 @@ class SessionState:
     proposer_failures: int = 0  # consecutive
 
 
+@dataclass(frozen=True)
+class Step:
+    """What the loop does next (`Session.next_step`): exactly one of these, or none (try again)."""
+
+    end: str | None = None  # the session ends, for this reason
+    wait: bool = False  # FREEZE held by a person, or experiments in flight to wait for
+    repair: bool = False  # re-verify the baseline (FREEZE by a rule)
+    proposal: Proposal | None = None  # run it
+
+
 @dataclass
 class Command:
     """An operator command from the live channel: applied at once once the loop runs, queued
@@ -119,15 +134,20 @@ class Command:
 
 
 class Session:
-    def __init__(self, lab: Lab, proposer: Proposer, tag: str | None = None, max_experiments: int | None = None):
+    def __init__(self, lab: Lab, proposer: Proposer, tag: str | None = None, max_experiments: int | None = None,
+                 workers: int | None = None):
         self.lab = lab
+        self.workers_wanted = workers  # charter run --workers N; None: the constitution's scale.workers
+        self.workers = 1
         self.proposer = proposer
         self.tag = tag
         self.max_experiments = max_experiments
         self.rules: Constitution | None = None  # loaded after a resume's reset, never before
         self.gate = GateMachine()
         self.gate_why: tuple[str | None, str | None] = (None, None)  # the last transition's rule and evidence
-        self.inflight: Inflight | None = None
+        self.inflight: Inflight | None = None  # what the loop is doing now (proposing, or its one experiment)
+        self.flights: dict[int, Inflight] = {}  # with several workers: every experiment in flight
+        self.pool = None  # with several workers: the RayPool their runs go to (controller.session.parallel)
         self.led: Ledger | None = None
         self.recorder: Recorder | None = None
         self.state: SessionState | None = None
@@ -144,9 +164,9 @@ class Session:
         self.commands_at_once = False  # set when the loop starts: the gate is restored by then
         self.commands_closed = False  # set when the session ends: nothing is applied after its last event
         self.level = ""
-        self.proposed: tuple[int, P.Proposed] | None = None  # the experiment in hand and its proposed event
+        self.proposals: dict[int, P.Proposed] = {}  # the experiments in hand and their proposed events
         self.proposer_overran = False  # a proposer thread abandoned at its deadline: never call it again
-        self._decided_through = -1  # the highest experiment number with a decision this run
+        self.decided: set[int] = set()  # the experiments decided while this controller ran
         self._day_events: list[Event] = []
         self.data: dict = {}
 
@@ -157,6 +177,19 @@ class Session:
     def set_inflight(self, inflight: Inflight | None) -> None:
         self.inflight = inflight
         self.recorder.publish()
+
+    def set_flight(self, inflight: Inflight | None, n: int | None = None) -> None:
+        """What experiment `n` (or inflight's) is doing now; None once it is decided. One at a
+        time, that is the loop's `inflight`; with several workers each has its entry in `flights`."""
+        key = n if n is not None else inflight.experiment
+        if self.pool is None:
+            self.inflight = inflight
+        elif inflight is None:
+            self.flights.pop(key, None)
+        else:
+            self.flights[key] = inflight
+        if inflight is not None:
+            self.recorder.publish()
 
     # -- the live channel (LiveSource) ------------------------------------------------------------
     def status(self):
@@ -172,6 +205,7 @@ class Session:
             rules=self.rules, gate=self.gate, gate_rule=self.gate_why[0], gate_evidence=self.gate_why[1],
             session=SessionView(s.id, s.tag, s.branch, s.started), progress=progress, usage=self.session_usage(now),
             inflight=self.inflight, running=running, pid=os.getpid() if running else None, now=now,
+            flights=list(self.flights.values()),
         )
 
     def events_after(self, seq: int, limit: int) -> list[Event]:
@@ -214,6 +248,8 @@ class Session:
         return cmd.reply
 
     def kill_inflight(self) -> None:
+        """Kill the run in flight (a stop). With several workers the loop cancels their runs
+        itself, within a poll (Ray is not called from a signal handler or another thread)."""
         flight = self.inflight  # read once: the loop may clear it at any moment
         if flight is not None and flight.pid:
             kill_tree(flight.pid)
@@ -306,6 +342,8 @@ class Session:
             finally:
                 with self.gate_lock:  # a loop that raised: nothing more is applied or ledgered
                     self.commands_closed = True
+                if self.pool is not None:
+                    self.pool.close()  # every run cancelled, a local cluster shut down
                 signal.signal(signal.SIGTERM, old_term)
                 signal.signal(signal.SIGINT, old_int)
                 self.recorder.wake()
@@ -330,8 +368,13 @@ class Session:
         """The committed constitution, which must be the one in force (or its recorded successor)."""
         self.rules = self.lab.load_constitution()
         problem = check_in_force(self.rules, history) or gpu_refusal(self.rules, gpu.probe())
+        scale = self.rules.scale
+        if self.workers_wanted is not None:
+            scale = scale.model_copy(update={"workers": self.workers_wanted})
+        problem = problem or ray_refusal(scale)
         if problem:
             raise SessionRefused(problem)
+        self.workers = scale.workers
         self.level = self.choose_isolation()
 
     def _measurements(self, history: list[Event], sid: str) -> None:
@@ -347,6 +390,9 @@ class Session:
         return noise.estimate(self.state.runs.values(), d.noise_sd, d.noise_prior_df)
 
     def start_or_resume(self) -> None:
+        # what a controller killed with -9 while several experiments ran left: none of it is in flight now
+        reap_leftovers(self.lab.state_dir)
+        clean_worktrees(self.lab)
         history = self.led.events(kinds=HISTORY_KINDS)
         today = utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
         self.gate, rule, evidence = restore_gate(history)  # gate state survives restarts
@@ -376,7 +422,7 @@ class Session:
         ev = self.record(P.SessionStarted(
             tag=tag, branch=branch, base_commit=base, isolation=self.level, proposer=self.proposer.name,
             max_experiments=self.max_experiments, pid=os.getpid(), constitution_hash=digest,
-            constitution_version=self.rules.meta.version,
+            constitution_version=self.rules.meta.version, workers=self.workers,
         ), commit_sha=base, gate_state=self.gate.state)
         self.state.started = ev.ts
         self.record(P.ConstitutionLoaded(hash=digest, version=self.rules.meta.version, rules=self.rules.model_dump(mode="json")))
@@ -433,62 +479,87 @@ class Session:
             self.data = self.check_integrity()
         except SessionRefused as e:
             return str(e)
+        if self.workers > 1:
+            self.pool = RayPool(self.lab.state_dir, self.rules, self.level, self.workers,
+                                gpu=self.rules.evaluation.profile == "gpu")
         if s.baseline_bpb is None and self.gate.gate != GateState.STOP:
             self.baseline()
             if s.baseline_bpb is None:
                 return self.stop_reason or "the baseline did not train and evaluate; nothing to compare against (see its decided event)"
+        if self.pool is not None:
+            return parallel_loop(self)
         while True:
-            self.drain_commands()
-            if self.stop_requested.is_set() or self.gate.gate == GateState.STOP:
-                return self.stop_reason or "gate at STOP: a person must `charter resume --reason ... --by ...`"
-            if self.gate.gate == GateState.FREEZE:
-                action = freeze_action(self.gate.held_by_operator, self._firing(), s.repairs)
-                if action.step == FreezeStep.WAIT:
-                    self.stop_requested.wait(0.5)
-                    continue
-                if action.step == FreezeStep.END:
-                    return action.reason
-                s.repairs += 1
+            step = self.next_step()
+            if step.end is not None:
+                return step.end
+            if step.wait:
+                self.stop_requested.wait(0.5)
+                continue
+            if step.repair:
                 self.baseline(repair=True)
                 continue
-            s.repairs = 0
-            now = utc_now()
-            stop = budget_stop(self.rules, self.session_usage(now), self.day_usage(now))
-            if stop:
-                self.record(P.BudgetExhausted(stop.period, stop.resource, stop.usage.as_dict()), rule=f"budgets.{stop.period}")
-                self.evaluate_gates()
-                return stop.reason
-            if self.max_experiments is not None and s.experiment >= self.max_experiments:
-                return f"reached --max-experiments {self.max_experiments}"
-            result, self.held = (self.held, None) if self.held is not None else (self.propose(), None)
-            if self.proposer_overran:
-                return (f"the {self.proposer.name} proposer did not return within proposer.deadline_seconds = "
-                        f"{self.rules.proposer.deadline_seconds:g}; a stuck proposer is never called again")
-            if result is None:  # the proposer failed; recorded
-                if s.proposer_failures >= MAX_PROPOSER_FAILURES:
-                    return f"the {self.proposer.name} proposer failed {s.proposer_failures} times in a row (see its proposer_failed events)"
+            if step.proposal is None:
                 continue
-            if result.out_of_budget is not None:  # the proposer did not make a call the budgets can't pay
-                resource, now = result.out_of_budget, utc_now()
-                period, usage = self._tighter(resource, now)
-                self.record(P.BudgetExhausted(period, resource, usage.as_dict()), rule=f"budgets.{period}")
-                self.evaluate_gates()
-                return f"{period} budget for {resource} would be exceeded by the next agent call; proposing ended"
-            if self.stop_requested.is_set():
-                continue  # a stop came while the proposer thought: nothing starts
-            if result.proposal is not None and self.gate.gate in (GateState.FREEZE, GateState.STOP):
-                self.held = result  # a pause came while the proposer thought: this one runs once resumed
-                continue
-            if result.proposal is None:
-                return f"the {self.proposer.name} proposer has nothing more to propose"
             try:
-                self.experiment(result.proposal)
+                self.experiment(step.proposal)
             except LedgerError:
                 raise  # the record itself failed: nothing can be decided without it
             except Exception as e:  # whatever a proposal makes the controller trip on is an outcome
                 self.contain(e)
             if self.gate.gate == GateState.THROTTLE and self.rules.gates.throttle.cooldown_seconds:
                 self.stop_requested.wait(self.rules.gates.throttle.cooldown_seconds)
+
+    def next_step(self, busy: bool = False) -> Step:
+        """What the loop does before an experiment starts: end (and why), wait, re-verify the
+        baseline under FREEZE, try again (a proposer failed, a pause came while it thought), or
+        run a proposal. `busy`: experiments are in flight (several workers), so FREEZE waits for
+        them rather than re-verifying."""
+        s = self.state
+        self.drain_commands()
+        if self.stop_requested.is_set() or self.gate.gate == GateState.STOP:
+            return Step(end=self.stop_reason or "gate at STOP: a person must `charter resume --reason ... --by ...`")
+        if self.gate.gate == GateState.FREEZE:
+            if busy:
+                return Step(wait=True)
+            action = freeze_action(self.gate.held_by_operator, self._firing(), s.repairs)
+            if action.step == FreezeStep.WAIT:
+                return Step(wait=True)
+            if action.step == FreezeStep.END:
+                return Step(end=action.reason)
+            s.repairs += 1
+            return Step(repair=True)
+        s.repairs = 0
+        now = utc_now()
+        stop = budget_stop(self.rules, self.session_usage(now), self.day_usage(now))
+        if stop:
+            self.record(P.BudgetExhausted(stop.period, stop.resource, stop.usage.as_dict()), rule=f"budgets.{stop.period}")
+            self.evaluate_gates()
+            return Step(end=stop.reason)
+        if self.max_experiments is not None and s.experiment >= self.max_experiments:
+            return Step(end=f"reached --max-experiments {self.max_experiments}")
+        result, self.held = (self.held, None) if self.held is not None else (self.propose(), None)
+        if self.proposer_overran:
+            return Step(end=f"the {self.proposer.name} proposer did not return within proposer.deadline_seconds = "
+                            f"{self.rules.proposer.deadline_seconds:g}; a stuck proposer is never called again")
+        if result is None:  # the proposer failed; recorded
+            if s.proposer_failures >= MAX_PROPOSER_FAILURES:
+                return Step(end=f"the {self.proposer.name} proposer failed {s.proposer_failures} times in a row "
+                                "(see its proposer_failed events)")
+            return Step()
+        if result.out_of_budget is not None:  # the proposer did not make a call the budgets can't pay
+            resource, now = result.out_of_budget, utc_now()
+            period, usage = self._tighter(resource, now)
+            self.record(P.BudgetExhausted(period, resource, usage.as_dict()), rule=f"budgets.{period}")
+            self.evaluate_gates()
+            return Step(end=f"{period} budget for {resource} would be exceeded by the next agent call; proposing ended")
+        if self.stop_requested.is_set():
+            return Step()  # a stop came while the proposer thought: nothing starts
+        if result.proposal is not None and self.gate.gate in (GateState.FREEZE, GateState.STOP):
+            self.held = result  # a pause came while the proposer thought: this one runs once resumed
+            return Step()
+        if result.proposal is None:
+            return Step(end=f"the {self.proposer.name} proposer has nothing more to propose")
+        return Step(proposal=result.proposal)
 
     def _firing(self):
         return firing_rules(self.rules.gates.rules, self.state.outcomes, self._burn())
@@ -525,7 +596,9 @@ class Session:
         ctx = ProposalContext(scratch, list(self.rules.scope.editable), files, list(s.history), s.best_bpb,
                               n, started + limit, self._agent_budget(), list(s.lab_history),
                               readable=self._readable(), run_log=self._run_log,
-                              protected=(self.lab.root, cache_dir()))
+                              protected=(self.lab.root, cache_dir()),
+                              in_flight=[HistoryItem(p.description, "in flight", None, p.source, p.params, None,
+                                                     session=s.id, experiment=k) for k, p in self.proposals.items()])
         value, error, self.proposer_overran = _call_with_deadline(self.proposer.propose, ctx, limit, cleanup=scratch)
         seconds = time.time() - started
         self.set_inflight(None)
@@ -659,48 +732,60 @@ class Session:
             return None
 
     def experiment(self, proposal: Proposal) -> None:
+        """One experiment in the lab's work tree, its runs here one after another."""
+        steps = self.experiment_steps(proposal, InPlace(self.lab))
+        request = next(steps, None)
+        while request is not None:
+            r = request
+            request = next_request(steps, self.run_job(r.experiment, r.commit, r.run_index, r.description, r.seed_offset))
+
+    def experiment_steps(self, proposal: Proposal, tree: InPlace | Worktree) -> Generator[RunRequest, RunOutcome, None]:
+        """One experiment from its proposal to its decision, in `tree`. It yields each run it needs
+        and is sent that run's outcome (with `last_run_stopped` set for it): `experiment` runs them
+        here one after another; with several workers they run on workers, other experiments' runs
+        in between. Each judgement is against the incumbent of the moment: the one it was proposed
+        from, or, if another candidate was kept while it ran, that newer best (its change is not in
+        this commit: a keep here replaces it)."""
         s = self.state
         s.experiment += 1
         n = s.experiment
-        git = self.lab.git
-        parent = git.head()
+        parent = tree.git.head()
         base = about(proposal)
         rule = keep_rule_for(self.rules, self.gate.gate)  # the gate's demand when it started holds to its decision
-        self.set_inflight(Inflight(n, proposal.description, "harm test", time.time()))
+        self.set_flight(Inflight(n, proposal.description, "harm test", time.time()))
         proposed = P.Proposed(description=proposal.description[:500], hypothesis=proposal.hypothesis[:2000],
                               source=proposal.source, proposer=self.proposer.name, parent_commit=parent,
                               params=proposal.params, lesson=proposal.lesson[:300])
-        self.proposed = (n, proposed)  # its history item carries the agent's lesson
+        self.proposals[n] = proposed  # its history item carries the agent's lesson
         self.record(proposed, experiment=n, commit_sha=parent, actor=self.agent_actor(getattr(self.proposer, "model", "")))
-        staged = stage_step(self.lab.root, proposal)
+        staged = stage_step(tree.root, proposal)
         refused = staged if isinstance(staged, Refused) else harm_step(staged, self.rules.scope)
         if refused is not None:
             self.refuse(n, refused, parent, base)
             return
         self.record(P.HarmPassed([c.path for c in staged.changes], staged.diff_lines), experiment=n)
-        commit = commit_step(git, self.lab.root, staged, n, proposal.description)
+        commit = commit_step(tree.git, tree.root, staged, n, proposal.description)
         self.record(P.Committed(parent, staged.diff[:DIFF_CAP]), experiment=n, commit_sha=commit)
-        outcome = self.run_job(n, commit, 1, proposal.description)
+        outcome = yield RunRequest(n, commit, 1, proposal.description, 0, tree.root)
         outcomes = [outcome]
         if outcome.status != "ok":
-            git.reset_hard(parent)
+            tree.discard(parent)
             decision = decision_for_failed_run(outcome.status, self.last_run_stopped)
             base = dataclasses.replace(base, **resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb))
             self.decide(n, decision, outcome.reason, None, commit, base)
             return
         runs = [outcome.val_bpb]
-        incumbent = list(s.runs.get(s.best_commit) or [s.best_bpb])
-        verdict = self.judge(incumbent, runs, rule)
+        verdict = self.judge(self.incumbent_runs(), runs, rule)
         while verdict.need_more_runs and not self.stop_requested.is_set() and self.room_for_a_run():
-            more = self.run_job(n, commit, len(runs) + 1, proposal.description, len(runs))
+            more = yield RunRequest(n, commit, len(runs) + 1, proposal.description, len(runs), tree.root)
             outcomes.append(more)
             if more.status != "ok":
                 break
             runs.append(more.val_bpb)
-            verdict = self.judge(incumbent, runs, rule)
+            verdict = self.judge(self.incumbent_runs(), runs, rule)
         use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
         if use["integrity_failure"]:  # a confirmation run broke a pin: none of its runs count
-            git.reset_hard(parent)
+            tree.discard(parent)
             self.decide(n, Decision.CRASH, outcomes[-1].reason, None, commit, dataclasses.replace(base, **use))
             return
         s.runs = noise.merge(s.runs, commit, runs)
@@ -711,19 +796,28 @@ class Session:
             improvement=round(ev.improvement, 6), best_before=s.best_bpb, incumbent_runs=list(ev.incumbent_runs),
             threshold=round(ev.threshold, 6), noise_sd=round(ev.sd, 6), noise_df=ev.df, confidence=ev.confidence,
             setup=s.setup)
+        newer = "" if s.best_commit in (parent, None) else (
+            f"proposed from {parent[:10]}, judged against {s.best_commit[:10]}, kept while it ran "
+            f"(whose change this commit does not have); ")
         if verdict.keep:
+            tree.keep(commit)
             s.best_bpb, s.best_commit = mean, commit
             s.keeps += 1
-            self.decide(n, Decision.KEEP, verdict.reason, mean, commit, base)
+            self.decide(n, Decision.KEEP, newer + verdict.reason, mean, commit, base)
         else:
-            git.reset_hard(parent)
+            tree.discard(parent)
             reason = verdict.reason
             if verdict.need_more_runs:
                 last = outcomes[-1]
                 why = (f"run {len(outcomes)} failed: {last.reason}" if last.status != "ok" else
                        "a stop came" if self.stop_requested.is_set() else "no budget was left for it")
                 reason = f"discarded: a confirmation run did not complete ({why}); {verdict.reason}"
-            self.decide(n, Decision.DISCARD, reason, mean, commit, base)
+            self.decide(n, Decision.DISCARD, newer + reason, mean, commit, base)
+
+    def incumbent_runs(self) -> list[float]:
+        """The scored runs of the best commit now: what a candidate is judged against."""
+        s = self.state
+        return list(s.runs.get(s.best_commit) or [s.best_bpb])
 
     def room_for_a_run(self) -> bool:
         """May one more run of this experiment start? Budgets are checked before every run, not
@@ -736,19 +830,21 @@ class Session:
         with the noise measured so far: a person's pause or resume mid-experiment changes neither."""
         return keep_rule.judge(incumbent, runs, rule, self.noise_estimate())
 
-    def contain(self, error: Exception) -> None:
-        """An experiment the controller could not carry through: reset the work tree to the best
-        commit and, if it was not decided yet, record it as a crash with the error as its reason."""
+    def contain(self, error: Exception, n: int | None = None) -> None:
+        """An experiment the controller could not carry through (the latest, or `n`): reset the
+        work tree to the best commit and, if it was not decided yet, record it as a crash with
+        the error as its reason."""
         s = self.state
+        n = s.experiment if n is None else n
         reset_to = s.best_commit or self.lab.git.head()
         self.lab.git.reset_hard(reset_to)
-        self.inflight = None
-        if self._decided_through < s.experiment:
+        self.set_flight(None, n)
+        if n not in self.decided:
             why = f"the controller could not carry this experiment through ({type(error).__name__}: {error})"[:1000]
-            proposed = self.proposed[1] if self.proposed and self.proposed[0] == s.experiment else None
+            proposed = self.proposals.get(n)
             base = P.Decided() if proposed is None else P.Decided(  # what it was, for readers of the decision
                 description=proposed.description, source=proposed.source, params=proposed.params)
-            self.decide(s.experiment, Decision.CRASH, why + "; its change was reset", None, reset_to, base)
+            self.decide(n, Decision.CRASH, why + "; its change was reset", None, reset_to, base)
 
     def refuse(self, n: int, refused: Refused, parent: str, base: P.Decided) -> None:
         self.record(P.HarmRefused(refused.items, refused.diff), experiment=n, rule=refused.rule)
@@ -756,14 +852,14 @@ class Session:
                     dataclasses.replace(base, hard_violation=refused.hard, refusal_rule=refused.rule))
 
     def run_job(self, n: int, commit: str, run_index: int, description: str, seed_offset: int = 0) -> RunOutcome:
-        """Train, evaluate and post-check one commit; record what came back. `seed_offset`: how
-        many runs of this commit were scored before (each repeat draws another seed)."""
-        run_dir = self.lab.runs_dir / self.state.id / f"{n:04d}-{run_index}"
-        job = Job(n, run_index, commit, self.lab.root, run_dir, seed_offset=seed_offset)
+        """Train, evaluate and post-check one commit here, in this process (the lab's work tree);
+        record what came back. `seed_offset`: how many runs of this commit were scored before
+        (each repeat draws another seed)."""
+        req = RunRequest(n, commit, run_index, description, seed_offset)
+        if self.pool is not None:
+            return self._run_on_pool(req)
+        job = self.start_job(req)
         runner = Runner(self.lab.state_dir, self.rules, self.level)
-        deadline = training_kill_seconds(self.rules)  # the hard kill, whichever clock stops the run
-        self.set_inflight(Inflight(n, description, "training", time.time(), time.time() + deadline))
-        self.record(P.TrainingStarted(str(run_dir), run_index, deadline, self.level), experiment=n, commit_sha=commit)
 
         def on_start(pid: int) -> None:
             self.inflight.pid = pid
@@ -773,6 +869,37 @@ class Session:
         stops_before = self.stops
         outcome = runner.run(job, self.data, on_start=on_start)
         self.last_run_stopped = self.stops != stops_before or self.stop_requested.is_set()
+        self.finish_job(req, outcome)
+        return outcome
+
+    def _run_on_pool(self, req: RunRequest) -> RunOutcome:
+        """One run on a worker, waited for: the baseline and its re-verifications, with several workers."""
+        job = self.start_job(req)
+        stops_before = self.stops
+        self.pool.submit(0, job, self.data)
+        cancelled = False
+        while not (done := self.pool.finished(POLL_S)):
+            if self.stop_requested.is_set() and not cancelled:
+                self.pool.cancel_all()
+                cancelled = True
+        outcome = done[0][1]
+        self.last_run_stopped = self.stops != stops_before or self.stop_requested.is_set()
+        self.finish_job(req, outcome)
+        return outcome
+
+    def start_job(self, req: RunRequest) -> Job:
+        """The job for one run, with its training_started event, wherever it then runs."""
+        n = req.experiment
+        run_dir = self.lab.runs_dir / self.state.id / f"{n:04d}-{req.run_index}"
+        job = Job(n, req.run_index, req.commit, req.work_dir or self.lab.root, run_dir, seed_offset=req.seed_offset)
+        deadline = training_kill_seconds(self.rules)  # the hard kill, whichever clock stops the run
+        self.set_flight(Inflight(n, req.description, "training", time.time(), time.time() + deadline), n)
+        self.record(P.TrainingStarted(str(run_dir), req.run_index, deadline, self.level), experiment=n, commit_sha=req.commit)
+        return job
+
+    def finish_job(self, req: RunRequest, outcome: RunOutcome) -> None:
+        """Record what one run came back with: training, evaluation, post-check failures."""
+        n, commit, run_index = req.experiment, req.commit, req.run_index
         t = outcome.train
         measured = None if t.exit_seconds is None else round(t.exit_seconds, 3)
         claimed, claim = time_claim(outcome.stats, measured)
@@ -793,18 +920,17 @@ class Session:
             ), experiment=n, commit_sha=commit, val_bpb=bpb)
         if outcome.postcheck_problems:
             self.record(P.PostcheckFailed(list(outcome.postcheck_problems)), experiment=n, rule="integrity")
-        self.set_inflight(Inflight(n, description, "deciding", time.time()))
-        return outcome
+        self.set_flight(Inflight(n, req.description, "deciding", time.time()), n)
 
     def decide(self, n: int, decision: Decision, reason: str, bpb: float | None, commit: str, payload: P.Decided) -> None:
         payload = dataclasses.replace(payload, decision=decision.value, reason=reason)
         self.record(payload, experiment=n, decision=decision, val_bpb=bpb, commit_sha=commit, gate_state=self.gate.state)
-        self._decided_through = max(self._decided_through, n)
+        self.decided.add(n)
         s = self.state
         s.outcomes.append(outcome_of(decision, payload))
-        proposed = self.proposed[1] if self.proposed and self.proposed[0] == n else None
+        proposed = self.proposals.pop(n, None)
         s.history.append(history_item(proposed, payload, decision, bpb, s.id, n))
-        self.inflight = None
+        self.set_flight(None, n)
         self.evaluate_gates()
 
     def evaluate_gates(self, escalate_only: bool = False) -> None:

@@ -7,6 +7,7 @@ fixed committer identity, so nothing depends on the user's global git configurat
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -79,6 +80,16 @@ class GitWorkspace:
     def tag(self, name: str, message: str) -> None:
         """An annotated tag on HEAD (replacing one of the same name)."""
         self._git("tag", "-f", "-a", name, "-m", message)
+
+    def worktree_add(self, path: Path, rev: str) -> None:
+        """A worktree at `path`, detached at `rev` (a candidate's own tree; commits land in this repo)."""
+        self._git("worktree", "add", "-q", "--detach", str(path), rev)
+
+    def worktree_remove(self, path: Path) -> None:
+        """Remove a worktree, whatever is in it: its files, then git's record of it."""
+        self._git("worktree", "remove", "--force", "--force", str(path), check=False)
+        shutil.rmtree(path, ignore_errors=True)  # a folder git no longer knew as a worktree
+        self._git("worktree", "prune", check=False)
 
     def reset_hard(self, rev: str) -> None:
         """Return the work tree exactly to `rev`: tracked changes dropped, untracked files removed."""
