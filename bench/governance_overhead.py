@@ -74,8 +74,13 @@ def report(lab, summary: dict, wall: float) -> None:
         d = by_exp.setdefault(e.experiment, {"sandbox": 0.0})
         if e.kind == EventKind.PROPOSED:
             d["proposed"] = e.ts
-        elif e.kind in (EventKind.TRAINING_FINISHED, EventKind.EVALUATED):
+        elif e.kind == EventKind.TRAINING_FINISHED:
             d["sandbox"] += float(payloads.read(e).wall_seconds)
+        elif e.kind == EventKind.EVALUATED:
+            p = payloads.read(e)
+            # an evaluator started early overlaps the run's saving: only its time from the release is its own
+            released = p.evaluator_released_at is not None and p.scored_at is not None
+            d["sandbox"] += (p.scored_at - p.evaluator_released_at) if released else float(p.wall_seconds)
         elif e.kind == EventKind.DECIDED:
             d["decided"], d["decision"] = e.ts, str(e.decision)
     overheads, sandbox_total = [], 0.0

@@ -65,13 +65,17 @@ def estimate(groups: Iterable[Sequence[float]], prior_sd: float, prior_df: float
     return NoiseEstimate(max(prior_sd, combined), total, sd, df, used)
 
 
-def measurement_setup(rules: Any) -> str:
+def measurement_setup(rules: Any, workers: int = 1) -> str:
     """A short fingerprint of what makes two runs comparable: the evaluation section and the
-    experiment's training budget and clock. Gates, budgets per session, the proposer: not part of it."""
+    experiment's training budget and clock; with several workers, each run's devices too (a run
+    on its worker's one CPU trains less than one on all of them). Gates, budgets per session, the
+    proposer: not part of it."""
     dump = rules.model_dump(mode="json") if hasattr(rules, "model_dump") else dict(rules)
     b = dump.get("budgets", {}).get("experiment", {})
     key = {"evaluation": dump.get("evaluation"),
            "training": {k: b.get(k) for k in ("training_seconds", "clock", "cpu_threads")}}
+    if workers > 1:  # a single worker's fingerprint stays what it always was
+        key["training"]["devices_per_worker"] = dump.get("scale", {}).get("devices_per_worker", 1)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -381,7 +381,7 @@ class Session:
         """What the lab has measured under the rules in force: every run per commit (the noise and
         the incumbent's value come from them) and the earlier sessions' experiments."""
         s = self.state
-        s.setup = noise.measurement_setup(self.rules)
+        s.setup = noise.measurement_setup(self.rules, self.workers)
         s.runs = noise.runs_by_commit(history, s.setup)
         s.lab_history = lab_history(history, exclude_session=sid)
 

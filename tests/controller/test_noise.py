@@ -56,6 +56,9 @@ def test_setup_fingerprint_changes_with_the_budget_and_clock_not_the_gates():
     assert noise.measurement_setup(with_values(experiment={"clock": "wall"})) != base
     assert noise.measurement_setup(with_values(evaluation={"eval_tokens": 4096})) != base
     assert noise.measurement_setup(with_values(gates={"probation_experiments": 9}, session={"experiments": 7})) == base
+    # runs on one of several workers (a CPU each) are not comparable with runs on all the CPUs
+    assert noise.measurement_setup(RULES, workers=1) == base != noise.measurement_setup(RULES, workers=2)
+    assert noise.measurement_setup(RULES, workers=2) == noise.measurement_setup(RULES, workers=8)
 
 
 def test_runs_pool_across_sessions_of_a_real_ledger_within_one_setup(tmp_path):
