@@ -50,7 +50,8 @@ class GateMetric(StrEnum):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # no number in a constitution may be infinite or NaN: the canonical JSON that hashes it has neither
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 def _check_lab_path(path: str) -> str:

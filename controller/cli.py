@@ -212,7 +212,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     lab = _lab_for_run(args.lab, args.by, args.source)
     session = Session(lab, proposer, tag=args.tag, max_experiments=args.max_experiments, workers=args.workers)
     mode = "quiet" if args.quiet else "jsonl" if args.jsonl else "lines"
-    narrator = Narrator(sys.stdout, mode, inflight=lambda: session.inflight, stopping=session.stop_requested.is_set)
+    # the progress line follows the loop's step, or with several workers the latest experiment in flight
+    narrator = Narrator(sys.stdout, mode, inflight=lambda: session.inflight or max(
+        session.flights.copy().values(), key=lambda f: f.experiment, default=None), stopping=session.stop_requested.is_set)
     session.listeners.append(narrator.on_event)
     print(f"charter: session on {lab.root} with the {kind} proposer (status: charter status --lab {lab.root}; "
           f"console: charter tui --lab {lab.root})", file=sys.stderr if args.jsonl else sys.stdout)

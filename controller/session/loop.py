@@ -205,7 +205,7 @@ class Session:
             rules=self.rules, gate=self.gate, gate_rule=self.gate_why[0], gate_evidence=self.gate_why[1],
             session=SessionView(s.id, s.tag, s.branch, s.started), progress=progress, usage=self.session_usage(now),
             inflight=self.inflight, running=running, pid=os.getpid() if running else None, now=now,
-            flights=list(self.flights.values()),
+            flights=list(self.flights.copy().values()),  # copy(): one C call, safe against the loop thread
         )
 
     def events_after(self, seq: int, limit: int) -> list[Event]:

@@ -185,3 +185,12 @@ def test_cli_hash_show_schema():
     assert '"training_seconds": 60' in shown.stdout
     schema = run_cli("constitution", "schema")
     assert '"Constitution"' in schema.stdout and '"properties"' in schema.stdout
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_an_infinite_or_nan_number_is_a_one_line_problem(value):
+    """TOML has inf and nan; the canonical JSON that hashes a constitution has neither (hypothesis
+    found `amendment.cooling_hours = inf` tracebacking in `charter amend propose`)."""
+    text = DEFAULT.replace("cooling_hours = ", f"cooling_hours = {value} # ", 1)
+    found = problems(text)
+    assert len(found) == 1 and "cooling_hours" in found[0] and "finite" in found[0], found

@@ -247,7 +247,7 @@ def rules_with(**values):
 def spec_for(rules, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     seen = []
-    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None: seen.append(spec))
+    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None, on_stop=None: seen.append(spec))
     data = {"train_dir": str(tmp_path / "d" / "train"), "tokenizer_dir": str(tmp_path / "tok"),
             "val_dir": str(tmp_path / "d" / "val")}
     Runner(tmp_path / "state", rules, "none").train(tmp_path, tmp_path / "run", data)
@@ -290,7 +290,7 @@ def test_over_budget_names_the_clock_that_stopped_the_run():
 def test_repeated_runs_of_a_commit_are_told_other_seeds(tmp_path, monkeypatch):
     rules = rules_with(clock='"wall"')
     seen = []
-    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None: seen.append(spec))
+    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None, on_stop=None: seen.append(spec))
     data = {"train_dir": str(tmp_path / "d" / "train"), "tokenizer_dir": str(tmp_path / "tok"),
             "val_dir": str(tmp_path / "d" / "val")}
     runner = Runner(tmp_path / "state", rules, "none")

@@ -428,8 +428,10 @@ def test_the_session_records_a_runner_jobs_phases_and_the_bench_reads_them_back(
         def record(payload, actor="controller", **typed):
             return led.record(payload, actor=actor, session="s1", **typed)
         me = SimpleNamespace(lab=Lab(root), state=SimpleNamespace(id="s1"), rules=runner.rules, level="none", data=data,
-                             stop_requested=threading.Event(), stops=0, inflight=None, record=record)
-        me.set_inflight = lambda inflight: setattr(me, "inflight", inflight)
+                             stop_requested=threading.Event(), stops=0, inflight=None, record=record, pool=None,
+                             flights={}, recorder=SimpleNamespace(publish=lambda: None))
+        for name in ("start_job", "finish_job", "set_flight", "set_inflight"):  # the session's own steps, on me
+            setattr(me, name, getattr(Session, name).__get__(me))
         record(P.SessionStarted(tag="t"))
         out = Session.run_job(me, 0, "c0ffee", 1, "baseline")
         record(P.Decided(decision="baseline"), experiment=0, decision=Decision.BASELINE, val_bpb=out.val_bpb)
