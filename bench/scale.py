@@ -39,10 +39,19 @@ from controller.workspace.preparation import prepare_lab  # noqa: E402
 from ledger import EventKind, Ledger  # noqa: E402
 
 
-def new_lab(root: Path, training_seconds: float, source: str | None):
+# the simulation measures the controller, not the gates: no cooldown between experiments (THROTTLE's
+# wait would count as the controller's), no stagnation rule, room for every experiment asked for
+SIM_RULES = {r"^cooldown_seconds = \S+": "cooldown_seconds = 0", r"^threshold = 15\b": "threshold = 100000",
+             r"^experiments = 40 ": "experiments = 100000 ", r"^experiments = 400 ": "experiments = 100000 "}
+
+
+def new_lab(root: Path, training_seconds: float, source: str | None, sim: bool = False):
     lab = init_lab(root)
     text = lab.constitution_path.read_text()
     text = re.sub(r"^training_seconds = \S+", f"training_seconds = {training_seconds:g}", text, flags=re.M)
+    for pattern, value in (SIM_RULES.items() if sim else ()):
+        text, n = re.subn(pattern, value, text, count=1, flags=re.M)
+        assert n == 1, pattern
     lab.constitution_path.write_text(text)
     lab.git.commit_all("bench: training budget")
     prepare_lab(lab, quiet=True, source=source)
@@ -131,7 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=1, help="real: 1-worker / 2-worker sessions, alternated")
     ap.add_argument("--source", help="corpus for the lab's prepare (default: debian)")
     args = ap.parse_args(argv)
-    lab = new_lab(Path(tempfile.mkdtemp(prefix="charter-scale-")) / "lab", args.training_seconds, args.source)
+    lab = new_lab(Path(tempfile.mkdtemp(prefix="charter-scale-")) / "lab", args.training_seconds, args.source,
+                  sim=args.part == "sim")
     print(f"lab: {lab.root}", flush=True)
     if args.part == "sim":
         rows = []

@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if no_gpu:
         raise SessionRefused(no_gpu)
     scale = rules.scale if args.workers is None else rules.scale.model_copy(update={"workers": args.workers})
-    no_ray = ray_refusal(scale)  # before a lab creation too
+    no_ray = ray_refusal(scale, rules.evaluation.profile, rules.budgets.experiment.memory_hard_mb)  # before a lab creation too
     if no_ray:
         raise SessionRefused(no_ray)
     kind = args.proposer or rules.proposer.kind

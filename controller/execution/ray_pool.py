@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,27 @@ from controller.execution.sandbox import SandboxResult
 PIDS_FILE = "ray-processes.json"
 
 
-def ray_refusal(scale: Scale) -> str | None:
-    """Why this constitution's [scale] can't run here (one line), or None."""
+def ray_refusal(scale: Scale, profile: str = "cpu", memory_mb: int = 0) -> str | None:
+    """Why this constitution's [scale] can't run here (one line), or None. On a local cluster every
+    worker needs CPUs of its own and room for its run's memory limit."""
     if scale.workers == 1:
         return None
     if scale.backend == "local":
         return (f'scale.workers = {scale.workers} needs scale.backend = "ray": the local backend runs one '
                 "experiment at a time")
+    if profile == "gpu":
+        # not yet: NVML's memory reading covers every GPU of a node and the sandbox binds them all, so
+        # one run's VRAM limit would count its neighbours' (docs/scale.md)
+        return f"{scale.workers} workers on a gpu lab are not supported yet: run one (docs/scale.md)"
+    if scale.ray_address is None:
+        need, have = scale.workers * scale.devices_per_worker, len(os.sched_getaffinity(0))
+        if need > have:
+            return (f"{scale.workers} workers x {scale.devices_per_worker} CPU(s) need {need} CPUs of their own; "
+                    f"this machine has {have}")
+        total = _memory_mb()
+        if memory_mb and total and scale.workers * memory_mb > total:
+            return (f"{scale.workers} workers x budgets.experiment.memory_hard_mb = {memory_mb} MB is more than "
+                    f"this machine's {total} MB")
     try:
         import ray
     except ImportError:
@@ -46,9 +61,19 @@ def ray_refusal(scale: Scale) -> str | None:
     return None
 
 
+def _memory_mb() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def slot_cpus(slot: int, per_worker: int, allowed: list[int]) -> list[int] | None:
     """The CPUs worker slot `slot` may use on a local cluster: its own `per_worker` of `allowed`,
-    or None (no pinning) when there are not enough for every slot to have its own."""
+    or None (all of them) when there are not enough (ray_refusal refuses that on a local cluster)."""
     start = slot * per_worker
     if start + per_worker > len(allowed):
         return None
@@ -57,15 +82,16 @@ def slot_cpus(slot: int, per_worker: int, allowed: list[int]) -> list[int] | Non
 
 def _run_on_worker(state_dir: Path, rules: Constitution, level: str, job: Job, data: dict,
                    cpus: list[int] | None) -> RunOutcome:
-    """The body of one Ray task (on the worker): the job's run, as `Runner.run` does it anywhere."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    """The body of one Ray task (on the worker): the job's run, as `Runner.run` does it anywhere.
+    The affinity is set every time: Ray reuses a worker process, and the last task's would stay."""
+    os.sched_setaffinity(0, cpus or range(os.cpu_count() or 1))
     return Runner(state_dir, rules, level).run(job, data)
 
 
-def lost_outcome(level: str, why: str) -> RunOutcome:
-    """A run whose worker went away (killed, its node lost, cancelled by a stop): interrupted."""
-    t = SandboxResult(returncode=None, timed_out=False, memory_killed=False, wall_seconds=0.0, peak_rss_mb=0.0,
+def lost_outcome(level: str, why: str, seconds: float = 0.0) -> RunOutcome:
+    """A run whose worker went away (killed, its node lost, cancelled by a stop): interrupted. It
+    ran for `seconds` (since it was submitted): device time all the same."""
+    t = SandboxResult(returncode=None, timed_out=False, memory_killed=False, wall_seconds=seconds, peak_rss_mb=0.0,
                       level=level, log_tail=f"[charter: {why}]")
     return RunOutcome("interrupted", why, None, t, None, {})
 
@@ -75,6 +101,7 @@ class Submitted:
     ref: Any      # ray.ObjectRef
     slot: int
     job: Job
+    at: float = 0.0  # time.monotonic() at submission
 
 
 class RayPool:
@@ -83,6 +110,12 @@ class RayPool:
     def __init__(self, state_dir: Path, rules: Constitution, level: str, workers: int, gpu: bool = False):
         import ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from an offline lab
+        # Ray >= 2.60 starts a local cluster with token authentication (the token in ~/.ray, which
+        # no sandbox shows): an agent that reaches its ports (a command proposer with the network)
+        # can't submit work to it. Set before `import ray`, RAY_AUTH_MODE would override that.
+        # the sandbox enforces each run's memory limit itself; Ray's monitor would kill the newest
+        # task, an innocent candidate, as "interrupted"
+        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
         self.ray = ray
         self.state_dir, self.rules, self.level = state_dir, rules, level
         scale = rules.scale
@@ -103,7 +136,7 @@ class RayPool:
         need = {"num_gpus": self.per_worker, "num_cpus": 1} if self.gpu else {"num_cpus": self.per_worker}
         cpus = slot_cpus(slot, self.per_worker, self._allowed) if self.local and not self.gpu else None
         ref = self._task.options(**need).remote(self.state_dir, self.rules, self.level, job, data, cpus)
-        sub = Submitted(ref, slot, job)
+        sub = Submitted(ref, slot, job, time.monotonic())
         self.pending[ref] = sub
         return sub
 
@@ -115,17 +148,18 @@ class RayPool:
         out = []
         for ref in done:
             sub = self.pending.pop(ref)
+            ran = time.monotonic() - sub.at
             try:
                 outcome = self.ray.get(ref)
             except self.ray.exceptions.RayTaskError as e:  # our code raised on the worker: it could not run there
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 why = f"the worker could not run this job ({type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
-                outcome = RunOutcome("crash", why, None, lost_outcome(self.level, why).train, None, {})
+                outcome = RunOutcome("crash", why, None, lost_outcome(self.level, why, ran).train, None, {})
             except self.ray.exceptions.TaskCancelledError:
-                outcome = lost_outcome(self.level, "its Ray task was cancelled by a stop")
+                outcome = lost_outcome(self.level, "its Ray task was cancelled by a stop", ran)
             except self.ray.exceptions.RayError as e:  # the worker process or its node died
                 first = (str(e).strip().splitlines() or [""])[0][:300]
-                outcome = lost_outcome(self.level, f"the Ray worker running it was lost ({type(e).__name__}: {first})")
+                outcome = lost_outcome(self.level, f"the Ray worker running it was lost ({type(e).__name__}: {first})", ran)
             out.append((sub, outcome))
         return out
 

@@ -151,6 +151,8 @@ EVAL_READY_MARKER = b"worker ready"
 # training_seconds of wall time. 3 lets a run finish its CPU budget with a third of its CPUs.
 CPU_WALL_FACTOR = 3.0
 
+EARLY_EVALUATOR_NICE = 10  # an evaluator started at the stop signal: below the run it waits for
+
 
 def training_wall_cap(rules: Constitution) -> float:
     """Wall seconds from the sandbox start to the stop signal at the latest."""
@@ -319,18 +321,19 @@ class Runner:
         the run's grace."""
         b = self.rules.budgets.experiment
         out_dir = self.eval_dir(run_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)  # (an early one's, with its go file cleared, by early_evaluator)
         out = out_dir / "evaluation.json"
         out.unlink(missing_ok=True)
-        waits = []
-        if go_file is not None:
-            go_file.unlink(missing_ok=True)
-            waits = ["--go", str(go_file)]
+        waits = [] if go_file is None else ["--go", str(go_file)]
+        # an early evaluator may wait for as long as the run's grace; its workers' own limit counts from then too
+        timeout = b.evaluate_timeout_seconds + (b.grace_seconds if waits else 0)
         env = base_env(self.rules) | {"HOME": str(out_dir)}
         if self.level == "bubblewrap":
             worker_spec = SandboxSpec(
-                argv=[], cwd=work_dir, writable=[], readable=[run_dir], hidden=self._hidden(data),
-                env=base_env(self.rules) | {"HOME": "/tmp"}, timeout_s=b.evaluate_timeout_seconds,
+                # nothing of the run either: the evaluator sends the model over a pipe, and a FIFO the
+                # run left in its dir would be a channel between the scoring and the checking worker
+                argv=[], cwd=work_dir, writable=[], readable=[], hidden=self._hidden(data),
+                env=base_env(self.rules) | {"HOME": "/tmp"}, timeout_s=timeout,
                 memory_mb=b.memory_hard_mb, max_processes=self.rules.sandbox.max_processes, max_file_mb=1,
             )
             env["EVAL_WORKER_PREFIX"] = sandbox.worker_prefix(worker_spec)
@@ -340,12 +343,15 @@ class Runner:
             writable=[out_dir],
             hidden=[],
             env=env,
-            timeout_s=b.evaluate_timeout_seconds + (b.grace_seconds if waits else 0),
+            timeout_s=timeout,
             memory_mb=b.memory_hard_mb,
             max_processes=self.rules.sandbox.max_processes,
             max_file_mb=16,
             stdout_path=out_dir / "evaluate.log",
             marker=EVAL_READY_MARKER,
+            # started early, it yields the CPUs to the run it was started for, which is still saving
+            # within its grace (its workers inherit this; with nothing else running it changes nothing)
+            nice=EARLY_EVALUATOR_NICE if waits else 0,
         )
         res = sandbox.run(spec, "none", on_start=on_start)
         try:
@@ -414,6 +420,8 @@ class Runner:
         if not supports_go(python_argv(self.rules.evaluation.evaluate_command), work_dir, env):
             return None
         go_file = self.eval_dir(run_dir) / "go"
+        go_file.parent.mkdir(parents=True, exist_ok=True)
+        go_file.unlink(missing_ok=True)  # here, before any thread: the word is never written before this
         return EarlyEvaluator(go_file, lambda started: self.evaluate(work_dir, run_dir, data, started, go_file))
 
     def _train_and_evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None,

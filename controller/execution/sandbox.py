@@ -117,6 +117,7 @@ class SandboxSpec:
     threads_env: str | None = None  # an env var told how many CPUs the run may use
     stop_grace_s: float | None = None  # the hard kill also comes this many wall seconds after the stop signal
     marker: bytes | None = None     # the first output line starting with these bytes is timed (marker_seconds)
+    nice: int = 0                   # scheduling niceness of the whole tree (an early evaluator's: it yields to the run saving)
 
 
 @dataclass(frozen=True)
@@ -885,7 +886,8 @@ def _terminate(pids) -> None:
             pass
 
 
-def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str], cpus: list[int] | None = None) -> None:
+def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str], cpus: list[int] | None = None,
+                 nice: int = 0) -> None:
     # runs in the child before exec; bwrap and everything under it inherit all of this.
     # Into the run's cgroup first, so nothing untrusted ever runs outside it.
     for path in procs_files:
@@ -905,6 +907,8 @@ def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str], cp
     if nproc is not None:
         _lower(resource.RLIMIT_NPROC, nproc)
     _lower(resource.RLIMIT_CORE, 0)
+    if nice:
+        os.nice(nice)
     # die with the controller even at level "none" (bwrap has --die-with-parent for its own)
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -1034,7 +1038,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=functools.partial(_child_setup, spec.max_file_mb,
                                                              _nproc(spec.max_processes, extra, group),
-                                                             group.procs_files() if group else [], cpus))
+                                                             group.procs_files() if group else [], cpus, spec.nice))
     except (OSError, subprocess.SubprocessError) as e:
         if group:
             group.remove()

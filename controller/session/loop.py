@@ -155,6 +155,7 @@ class Session:
         self.stops = 0  # how many stops came (a resume may clear stop_requested before a killed run is decided)
         self.last_run_stopped = False  # a stop came while the last run_job ran: its failure is an interruption
         self.held: ProposerResult | None = None  # a proposal that arrived after a pause: run once resumed
+        self.held_at = ""  # the incumbent it was proposed from
         self.stop_reason: str | None = None  # a signal's stop: why the session ended
         self.listeners: list[Callable[[Event], None]] = []  # told of every recorded event (Recorder.listeners)
         self.commands: queue.Queue[Command] = queue.Queue()
@@ -371,7 +372,7 @@ class Session:
         scale = self.rules.scale
         if self.workers_wanted is not None:
             scale = scale.model_copy(update={"workers": self.workers_wanted})
-        problem = problem or ray_refusal(scale)
+        problem = problem or ray_refusal(scale, self.rules.evaluation.profile, self.rules.budgets.experiment.memory_hard_mb)
         if problem:
             raise SessionRefused(problem)
         self.workers = scale.workers
@@ -432,6 +433,12 @@ class Session:
         mine = [e for e in history if e.session == sid]
         replay = replay_session(mine)
         git = self.lab.git
+        # a session keeps its workers: runs on another number of them are another measurement setup,
+        # and its incumbent's runs would not count against the new ones
+        ran_with = replay.start.workers
+        if self.workers_wanted is not None and self.workers_wanted != ran_with:
+            raise SessionRefused(f"session {sid} ran with {ran_with} worker(s); resume it with --workers {ran_with}")
+        self.workers_wanted = ran_with
         reset_to = replay.progress.best_commit or replay.start.base_commit
         git.checkout(replay.start.branch, create_at=reset_to)
         git.reset_hard(reset_to)  # first the reset, then the rules: never load an experiment's edit
@@ -479,7 +486,7 @@ class Session:
             self.data = self.check_integrity()
         except SessionRefused as e:
             return str(e)
-        if self.workers > 1:
+        if self.workers > 1 and self.pool is None:
             self.pool = RayPool(self.lab.state_dir, self.rules, self.level, self.workers,
                                 gpu=self.rules.evaluation.profile == "gpu")
         if s.baseline_bpb is None and self.gate.gate != GateState.STOP:
@@ -537,6 +544,8 @@ class Session:
             return Step(end=stop.reason)
         if self.max_experiments is not None and s.experiment >= self.max_experiments:
             return Step(end=f"reached --max-experiments {self.max_experiments}")
+        if self.held is not None and self.held_at != self.lab.git.head():
+            self.held = None  # a keep moved the incumbent while it was held: a full-file edit would undo it
         result, self.held = (self.held, None) if self.held is not None else (self.propose(), None)
         if self.proposer_overran:
             return Step(end=f"the {self.proposer.name} proposer did not return within proposer.deadline_seconds = "
@@ -555,7 +564,7 @@ class Session:
         if self.stop_requested.is_set():
             return Step()  # a stop came while the proposer thought: nothing starts
         if result.proposal is not None and self.gate.gate in (GateState.FREEZE, GateState.STOP):
-            self.held = result  # a pause came while the proposer thought: this one runs once resumed
+            self.held, self.held_at = result, self.lab.git.head()  # a pause came while the proposer thought: run it once resumed
             return Step()
         if result.proposal is None:
             return Step(end=f"the {self.proposer.name} proposer has nothing more to propose")
@@ -784,6 +793,10 @@ class Session:
             runs.append(more.val_bpb)
             verdict = self.judge(self.incumbent_runs(), runs, rule)
         use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
+        if outcomes[-1].status == "interrupted":  # its worker was lost under a confirmation run: not its fault
+            tree.discard(parent)
+            self.decide(n, Decision.INTERRUPTED, outcomes[-1].reason, None, commit, dataclasses.replace(base, **use))
+            return
         if use["integrity_failure"]:  # a confirmation run broke a pin: none of its runs count
             tree.discard(parent)
             self.decide(n, Decision.CRASH, outcomes[-1].reason, None, commit, dataclasses.replace(base, **use))

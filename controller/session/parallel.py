@@ -18,6 +18,7 @@ recorded as interrupted. A worker lost mid-run is an interrupted experiment; the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -47,6 +48,26 @@ def parallel_loop(session: Any) -> str:
     """Run experiments on `session.pool`'s workers until a reason to end, then wait for those in
     flight; the session's end reason."""
     pool = session.pool
+    done = threading.Event()
+    # a stop cancels the runs in flight at once, even while the loop's thread waits on a proposer
+    watcher = threading.Thread(target=_cancel_on_stop, args=(session, done), name="charter-stop-watch", daemon=True)
+    watcher.start()
+    try:
+        return _loop(session, pool)
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _cancel_on_stop(session: Any, done: threading.Event) -> None:
+    stops = 0
+    while not done.is_set():
+        if session.stop_requested.wait(POLL_S) and session.stops != stops:
+            stops = session.stops
+            session.pool.cancel_all()
+
+
+def _loop(session: Any, pool: Any) -> str:
     flights: dict[int, Flight] = {}
     ending: str | None = None
     not_before = 0.0  # THROTTLE's cooldown after a decision
@@ -93,23 +114,23 @@ def _start(session: Any, proposal: Any, slot: int) -> Flight | None:
     """Propose-to-commit of one candidate in a fresh worktree at the incumbent, and its first run
     submitted; None when it was decided at once (refused) or could not be carried through."""
     s = session.state
+    # a lab whose git can't make a worktree can't go on: that raises, and a resume cleans up
     tree = Worktree.create(session.lab, session.lab.git.head(), f"{s.id}-{s.experiment + 1:04d}")
     steps = session.experiment_steps(proposal, tree)
     try:
-        request = next(steps, None)
+        request = next(steps, None)  # its first step numbers it (s.experiment) and records the proposal
+        if request is None:
+            tree.close()
+            return None
+        flight = Flight(slot, steps, tree, request, session.stops)
+        _submit(session, flight)
+        return flight
     except LedgerError:
-        tree.close()
         raise
-    except Exception as e:  # whatever a proposal makes the controller trip on is an outcome
+    except Exception as e:  # whatever a proposal, git or Ray makes the controller trip on is its outcome
         tree.close()
         session.contain(e, s.experiment)
         return None
-    if request is None:
-        tree.close()
-        return None
-    flight = Flight(slot, steps, tree, request, session.stops)
-    _submit(session, flight)
-    return flight
 
 
 def _submit(session: Any, flight: Flight) -> None:
@@ -138,5 +159,12 @@ def _answer(session: Any, flight: Flight, outcome: RunOutcome) -> RunRequest | N
         flight.tree.close()
         return None
     flight.request = nxt
-    _submit(session, flight)
+    try:
+        _submit(session, flight)
+    except LedgerError:
+        raise
+    except Exception as e:
+        flight.tree.close()
+        session.contain(e, req.experiment)
+        return None
     return nxt

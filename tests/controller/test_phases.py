@@ -279,9 +279,15 @@ def test_an_evaluator_started_at_the_stop_reads_the_run_only_once_it_is_saved(fa
     root, data, runner = fake_lab
     (root / "train.py").write_text(SLOW_SAVE_TRAIN)
     (root / "prepare.py").write_text(EARLY_PREPARE)
-    published = []
-    out = runner.run(Job(1, 1, "c0ffee", root, root / ".charter" / "runs" / "r1"), data, on_start=published.append)
+    published, go = [], root / ".charter" / "runs" / "r1.eval" / "go"
+
+    def on_start(pid):  # what the session sees, and whether the evaluator had its word by then
+        published.append(pid)
+        words.append(go.read_text() if go.exists() else None)
+    words = []
+    out = runner.run(Job(1, 1, "c0ffee", root, root / ".charter" / "runs" / "r1"), data, on_start=on_start)
     assert out.status == "ok" and out.val_bpb == 1.5, (out.reason, out.train.log_tail, out.evaluation)
+    assert words == [None, "go"]   # the evaluator's pid reached the session only once it was released
     assert out.eval_result["saved_at_start"] is False and out.eval_result["saved_at_go"] is True
     p = out.phases
     assert p.budget_ended <= p.evaluator_started < p.saved <= p.evaluator_released < p.worker_ready <= p.scored
