@@ -1195,6 +1195,19 @@ def _limit_main(argv: list[str]) -> int:
         print("[charter: sandbox.py limit: no command]", file=sys.stderr)
         return 2
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)   # die with the evaluator
+    known: dict[int, int] = {}
+    why = ""
+    started: list[subprocess.Popen] = []
+    stopping: list[int] = []
+
+    def stop(*_):  # asked to stop (the evaluator closing it): kill the worker; the group is removed below
+        stopping.append(1)
+        if started:
+            _kill(started[0].pid, known, group)
+    group = None
+    # before the group and the worker exist: a stop that comes at any moment still cleans up after them
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, stop)
     group = None if opts.get("limits") == "poll" else _make_cgroup(memory_mb, max_processes + tasks, "worker")
     try:
         proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=functools.partial(
@@ -1204,17 +1217,13 @@ def _limit_main(argv: list[str]) -> int:
             group.remove()
         print(f"[charter: could not start the model worker: {e}]", file=sys.stderr)
         return 127
+    started.append(proc)
+    if stopping:  # the stop came while it was starting
+        _kill(proc.pid, known, group)
     # the worker holds the protocol pipes now; ours would keep the evaluator from seeing its EOF
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    known: dict[int, int] = {}
-    why = ""
-
-    def stop(*_):
-        _kill(proc.pid, known, group)
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, stop)
     deadline = time.monotonic() + timeout_s
     try:
         while True:

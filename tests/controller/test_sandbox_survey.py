@@ -201,16 +201,18 @@ def test_survey_of_the_training_and_worker_sandboxes(make_lab, tmp_path, other_c
         monkeypatch.setattr(sandbox, "run", capture)
         runner.evaluate(lab.root, run_dir, data)
         monkeypatch.undo()
+        # nothing of the run either (its files come over the evaluator's pipe): the script lives in the lab
         prefix = shlex.split(captured[0].env["EVAL_WORKER_PREFIX"])
-        worker_cfg = dict(allowed=common, unseen=unseen + [data["tokenizer_dir"], data["train_dir"]],
-                          seen=[str(run_dir)], sockets=[l.path for l in listeners], tcp=tcp, out="")
-        (run_dir / "worker_survey.py").write_text(SURVEY % json.dumps(worker_cfg))
-        r = subprocess.run(prefix + [sys.executable, str(run_dir / "worker_survey.py")], capture_output=True,
+        worker_unseen = unseen + [data["tokenizer_dir"], data["train_dir"], str(run_dir)]
+        worker_cfg = dict(allowed=SYSTEM + INTERPRETER + [str(lab.root)], unseen=worker_unseen,
+                          seen=[str(lab.root)], sockets=[l.path for l in listeners], tcp=tcp, out="")
+        (lab.root / "worker_survey.py").write_text(SURVEY % json.dumps(worker_cfg))
+        r = subprocess.run(prefix + [sys.executable, str(lab.root / "worker_survey.py")], capture_output=True,
                            text=True, timeout=120, cwd=lab.root)
         assert r.returncode == 0, r.stderr[-2000:]
         seen = json.loads(r.stdout.strip().splitlines()[-1])
-        check(seen, unseen + [data["tokenizer_dir"], data["train_dir"]], listeners)
-        assert seen["probes"][str(run_dir)][0] == "listed"
+        check(seen, worker_unseen, listeners)
+        assert seen["probes"][str(lab.root)][0] == "listed"
     finally:
         server.close()
         for l in listeners:
