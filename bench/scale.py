@@ -6,8 +6,9 @@ own cost per experiment as workers grow.
 experiments an hour from each session's ledger (decided experiments over the session's wall time).
 
 `--part sim`: the controller against many workers: a real local Ray cluster whose tasks sleep
-instead of training and return a made-up score, so that nothing but the controller's own steps
-(proposing, the harm test, worktrees, commits, the ledger, decisions) costs time. For 1, 8 and 32
+instead of training and return a made-up score, and a proposer that costs nothing, so that
+nothing but the controller's own steps (the harm test, worktrees, commits, the ledger, the keep
+rule, gates) costs time. For 1, 8 and 32
 workers: the controller's busy time per experiment (the session's wall time minus the time its
 loop waited on Ray, over the experiments decided) and its share of the wall time.
 
@@ -32,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controller.execution import ray_pool  # noqa: E402
 from controller.execution.runner import Job, RunOutcome  # noqa: E402
 from controller.execution.sandbox import SandboxResult  # noqa: E402
-from controller.proposers import ProposerOptions, make_proposer  # noqa: E402
+from controller.proposers import Proposal, ProposerOptions, make_proposer  # noqa: E402
+from controller.session import loop as loop_module  # noqa: E402
 from controller.session.loop import Session  # noqa: E402
 from controller.workspace.lab import init_lab  # noqa: E402
 from controller.workspace.preparation import prepare_lab  # noqa: E402
@@ -103,6 +105,23 @@ class SleepPool(ray_pool.RayPool):
             self.waited += time.monotonic() - t0
 
 
+class CountingProposer:
+    """Proposes WEIGHT_DECAY = k * 1e-6 for k = 1, 2, ...: a new edit every time, and at no cost
+    (the simulation measures the controller's steps, not a search, which runs out of ideas on
+    made-up scores)."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.k = 0
+
+    def propose(self, ctx):
+        self.k += 1
+        src = re.sub(r"^WEIGHT_DECAY = [^#\n]+", f"WEIGHT_DECAY = {self.k}e-6 ", ctx.files["train.py"], count=1,
+                     flags=re.M)
+        return Proposal(f"weight decay {self.k}e-6", files={"train.py": src.encode()}, source=f"sim:{self.k}")
+
+
 class SimSession(Session):
     def __init__(self, *args, sleep: float, **kw):
         super().__init__(*args, **kw)
@@ -116,9 +135,10 @@ class SimSession(Session):
 
 
 def simulate(lab, workers: int, experiments: int, sleep: float) -> dict:
-    rules = lab.load_constitution()
-    proposer = make_proposer("offline", ProposerOptions(rules=rules, seed=workers))
-    session = SimSession(lab, proposer, tag=f"sim{workers}-{int(time.time())}", max_experiments=experiments,
+    # sleeping tasks need no CPUs or memory of their own: the refusal of more workers than CPUs
+    # is for real runs
+    loop_module.ray_refusal = lambda scale, profile="cpu", memory_mb=0: None
+    session = SimSession(lab, CountingProposer(), tag=f"sim{workers}-{int(time.time())}", max_experiments=experiments,
                          workers=workers, sleep=sleep)
     t0 = time.monotonic()
     summary = session.run()

@@ -350,7 +350,8 @@ class Runner:
             stdout_path=out_dir / "evaluate.log",
             marker=EVAL_READY_MARKER,
             # started early, it yields the CPUs to the run it was started for, which is still saving
-            # within its grace (its workers inherit this; with nothing else running it changes nothing)
+            # within its grace: SCHED_IDLE, inherited by its workers (with nothing else running,
+            # as after the run's exit, it changes nothing)
             nice=EARLY_EVALUATOR_NICE if waits else 0,
         )
         res = sandbox.run(spec, "none", on_start=on_start)

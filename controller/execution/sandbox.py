@@ -117,7 +117,7 @@ class SandboxSpec:
     threads_env: str | None = None  # an env var told how many CPUs the run may use
     stop_grace_s: float | None = None  # the hard kill also comes this many wall seconds after the stop signal
     marker: bytes | None = None     # the first output line starting with these bytes is timed (marker_seconds)
-    nice: int = 0                   # scheduling niceness of the whole tree (an early evaluator's: it yields to the run saving)
+    nice: int = 0                   # > 0: this niceness and SCHED_IDLE for the whole tree (an early evaluator yields to the run saving)
 
 
 @dataclass(frozen=True)
@@ -909,6 +909,8 @@ def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str], cp
     _lower(resource.RLIMIT_CORE, 0)
     if nice:
         os.nice(nice)
+        # and the idle class: it runs only on a CPU nothing else wants (the run it was started for)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     # die with the controller even at level "none" (bwrap has --die-with-parent for its own)
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
