@@ -13,7 +13,7 @@ workers: the controller's busy time per experiment (the session's wall time minu
 loop waited on Ray, over the experiments decided) and its share of the wall time.
 
     python bench/scale.py --part sim [--workers 1 8 32] [--sleep 2]
-    python bench/scale.py --part real [--experiments 8] [--training-seconds 20] [--pairs 1]
+    python bench/scale.py --part real [--experiments 8] [--training-seconds 20] [--pairs 1] [--grace 15]
 """
 
 from __future__ import annotations
@@ -47,10 +47,12 @@ SIM_RULES = {r"^cooldown_seconds = \S+": "cooldown_seconds = 0", r"^threshold = 
              r"^experiments = 40 ": "experiments = 100000 ", r"^experiments = 400 ": "experiments = 100000 "}
 
 
-def new_lab(root: Path, training_seconds: float, source: str | None, sim: bool = False):
+def new_lab(root: Path, training_seconds: float, source: str | None, sim: bool = False, grace: float | None = None):
     lab = init_lab(root)
     text = lab.constitution_path.read_text()
     text = re.sub(r"^training_seconds = \S+", f"training_seconds = {training_seconds:g}", text, flags=re.M)
+    if grace is not None:
+        text = re.sub(r"^grace_seconds = \S+", f"grace_seconds = {grace:g}", text, count=1, flags=re.M)
     for pattern, value in (SIM_RULES.items() if sim else ()):
         text, n = re.subn(pattern, value, text, count=1, flags=re.M)
         assert n == 1, pattern
@@ -158,10 +160,13 @@ def main(argv=None) -> int:
     ap.add_argument("--experiments", type=int, default=None, help="per session (sim: 4 per worker, at least 16)")
     ap.add_argument("--training-seconds", type=float, default=20.0)
     ap.add_argument("--pairs", type=int, default=1, help="real: 1-worker / 2-worker sessions, alternated")
+    # a run on one CPU of two finishes its last step and saves in 4-5 s: the default 5 s grace is
+    # too tight for it (docs/scale.md)
+    ap.add_argument("--grace", type=float, default=15.0, help="real: budgets.experiment.grace_seconds")
     ap.add_argument("--source", help="corpus for the lab's prepare (default: debian)")
     args = ap.parse_args(argv)
     lab = new_lab(Path(tempfile.mkdtemp(prefix="charter-scale-")) / "lab", args.training_seconds, args.source,
-                  sim=args.part == "sim")
+                  sim=args.part == "sim", grace=args.grace if args.part == "real" else None)
     print(f"lab: {lab.root}", flush=True)
     if args.part == "sim":
         rows = []
