@@ -86,9 +86,15 @@ def base_env(rules: Constitution) -> dict[str, str]:
     return env
 
 
+def prepare_env(rules: Constitution) -> dict[str, str]:
+    """The environment of the controller's own calls of the lab's trusted prepare.py (verify,
+    evaluate --help): this process's, with the constitution's CHARTER_ settings."""
+    return dict(os.environ, **{k: v for k, v in base_env(rules).items() if k.startswith("CHARTER_")})
+
+
 def verify_data(lab_root: Path, rules: Constitution) -> dict:
     """Run the lab's own (pinned) `prepare.py verify --json`; the cached artifacts' hashes."""
-    env = dict(os.environ, **{k: v for k, v in base_env(rules).items() if k.startswith("CHARTER_")})
+    env = prepare_env(rules)
     proc = subprocess.run(
         [sys.executable, "prepare.py", "verify", "--json"], cwd=lab_root, env=env, capture_output=True, text=True
     )
@@ -417,8 +423,7 @@ class Runner:
         runner's word (`early_eval`); None where it can't or nothing is evaluated."""
         if self.rules.evaluation.trust == "reported":
             return None
-        env = dict(os.environ, **{k: v for k, v in base_env(self.rules).items() if k.startswith("CHARTER_")})
-        if not supports_go(python_argv(self.rules.evaluation.evaluate_command), work_dir, env):
+        if not supports_go(python_argv(self.rules.evaluation.evaluate_command), work_dir, prepare_env(self.rules)):
             return None
         go_file = self.eval_dir(run_dir) / "go"
         go_file.parent.mkdir(parents=True, exist_ok=True)

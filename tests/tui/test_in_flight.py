@@ -59,21 +59,27 @@ SEVERAL = (InflightStatus(7, "MATRIX_LR 0.04 -> 0.06", "training", 30.0, 40.0),
 PROPOSING = InflightStatus(9, "offline proposer", "proposing", 2.0, 58.0)
 
 
-def test_the_now_panel_shows_every_experiment_in_flight_and_the_loops_own_step(tmp_path):
+def now_panel(tmp_path, snapshot, log_tail=None):
+    """The console (Pilot) on a lab with two runs, given a live status: the Now panel's text, its
+    tail's text, and whether the bar and the tail are shown."""
     lab = init_lab(tmp_path / "lab")
     events = two_runs(lab)
 
     async def go():
         app = CharterApp(lab, "erin", feed=False, clock=lambda: NOW)
         async with app.run_test(size=SIZE) as pilot:
-            app.apply(FeedUpdate(Source.LIVE, events=tuple(events), status=status(SEVERAL, PROPOSING), at=NOW.timestamp(),
-                                 log_tail="step 00100 | loss 3.3000\n"))
+            app.apply(FeedUpdate(Source.LIVE, events=tuple(events), status=snapshot, at=NOW.timestamp(),
+                                 log_tail=log_tail))
             app.draw()
             await pilot.pause()
             return (str(app.query_one("#now-what").render()), str(app.query_one("#now-tail").render()),
                     app.query_one("#now-bar").display, app.query_one("#now-tail").display)
 
-    what, tail, bar_shown, tail_shown = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_the_now_panel_shows_every_experiment_in_flight_and_the_loops_own_step(tmp_path):
+    what, tail, bar_shown, tail_shown = now_panel(tmp_path, status(SEVERAL, PROPOSING), "step 00100 | loss 3.3000\n")
     lines = what.splitlines()
     assert lines[0] == "2 in flight"
     assert lines[1].startswith("#7 MATRIX_LR 0.04 -> 0.06  training  30 s in, 40 s left")
@@ -84,18 +90,7 @@ def test_the_now_panel_shows_every_experiment_in_flight_and_the_loops_own_step(t
 
 
 def test_the_loops_step_is_not_repeated_when_it_is_one_of_the_experiments_in_flight(tmp_path):
-    lab = init_lab(tmp_path / "lab")
-    events = two_runs(lab)
-
-    async def go():
-        app = CharterApp(lab, "erin", feed=False, clock=lambda: NOW)
-        async with app.run_test(size=SIZE) as pilot:
-            app.apply(FeedUpdate(Source.LIVE, events=tuple(events), status=status(SEVERAL, SEVERAL[1]), at=NOW.timestamp()))
-            app.draw()
-            await pilot.pause()
-            return str(app.query_one("#now-what").render())
-
-    what = asyncio.run(go())
+    what = now_panel(tmp_path, status(SEVERAL, SEVERAL[1]))[0]
     assert "loop:" not in what and what.count("#8 ") == 1 and "#7 MATRIX_LR" in what
 
 
