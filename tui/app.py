@@ -22,7 +22,6 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.css.query import NoMatches
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, RichLog, Static, TabbedContent, TabPane
@@ -160,10 +159,7 @@ class CharterApp(App[None]):
 
     # -- data ----------------------------------------------------------------------------------
     def on_feed_updated(self, message: FeedUpdated) -> None:
-        try:
-            self.apply(message.update)
-        except NoMatches:  # an update that arrives while the app is closing: nothing left to draw on
-            pass
+        self.apply(message.update)
 
     def apply(self, u: FeedUpdate) -> None:
         """Fold one update into the view and redraw (UI thread; tests call it with fixed data)."""
@@ -187,11 +183,19 @@ class CharterApp(App[None]):
             self.tell(u.problem, "warning")
         if u.events or (self.status is not None and self.status.best != best_before):
             self._tables_due = True  # drawn on the next tick: a burst of events costs one redraw
-        self.draw_live_parts()
-        self._draw_budgets()
+        if self._drawable():
+            self.draw_live_parts()
+            self._draw_budgets()
+
+    def _drawable(self) -> bool:
+        """False while the app is closing (its widgets go before its timers stop) or before
+        compose: there is nothing to draw on."""
+        return bool(self.query(GateHeader))
 
     def tick(self) -> None:
         """Twice a second: the countdown and freshness, and the tables if events arrived."""
+        if not self._drawable():
+            return
         if self._tables_due:
             self._tables_due = False
             self.draw()
@@ -201,6 +205,8 @@ class CharterApp(App[None]):
     def draw(self, tables: bool = True) -> None:
         """Redraw; the chart, counts and tables only when events arrived (a status alone moves
         the header, the countdown and the meters)."""
+        if not self._drawable():
+            return
         self.draw_live_parts()
         self._draw_budgets()
         if tables:
@@ -209,7 +215,7 @@ class CharterApp(App[None]):
 
     def draw_live_parts(self) -> None:
         """The parts that move between updates: the header's freshness and the countdown."""
-        if not self.query(GateHeader):  # the app is closing (or not composed yet): nothing to draw on
+        if not self._drawable():
             return
         now = self.clock()
         badge, info = header_texts(self.lab.root.name, self.view, self.status, self.source, self.status_at, self.problem, now)
@@ -247,6 +253,8 @@ class CharterApp(App[None]):
         return [e for e in self.view.budget_events if e.ts >= midnight]
 
     def _draw_progress(self) -> None:
+        if not self._drawable():  # also called after a refresh, which may come as the app closes
+            return
         rows = [r for r in self.view.session_experiments() if not r.repair]
         baseline = self.status.best.baseline_bpb if self.status and self.status.best.baseline_bpb is not None else next(
             (r.val_bpb for r in rows if r.decision == "baseline"), None)

@@ -203,6 +203,55 @@ def test_the_main_screen_and_the_detail_screen_show_fixed_data(lab):
     asyncio.run(go())
 
 
+def test_events_arriving_under_a_detail_screen_are_drawn_on_the_main_screen(lab):
+    """The operator reads an experiment while the session goes on: updates and ticks must draw on
+    the main screen (not the one on top) and leave the detail screen open."""
+    events = fixed_session(lab)
+    status = status_from_ledger(lab)
+    first, rest = events[:9], events[9:]  # up to the keep; the discard, the refusal and the pause arrive later
+
+    async def go():
+        app = CharterApp(lab, "erin", feed=False, clock=lambda: FIXED)
+        async with app.run_test(size=SIZE) as pilot:
+            await show(app, pilot, first, status)
+            table = app.query_one("#experiments")
+            assert table.row_count == 2
+            table.move_cursor(row=1)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail screen")
+            app.apply(FeedUpdate(Source.LEDGER, events=tuple(rest), status=status, at=FIXED.timestamp()))
+            app.tick()  # the tables were due: drawn now, under the detail screen
+            await pilot.pause()
+            assert app.is_running and isinstance(app.screen, DetailScreen)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, DetailScreen), "the main screen")
+            assert app.query_one("#experiments").row_count == 4
+            assert "FREEZE · paused by dan" in header(app)
+            assert "refused        1" in str(app.query_one("#counts").render())
+    asyncio.run(go())
+
+
+def test_a_tick_or_an_update_as_the_app_closes_draws_nothing_and_does_not_fail(lab):
+    """At exit Textual removes the widgets before it stops the timers: a tick with tables due, an
+    update, or a redraw after a refresh then finds nothing to draw on (CI once failed on this)."""
+    events = fixed_session(lab)
+    status = status_from_ledger(lab)
+
+    async def go():
+        app = CharterApp(lab, "erin", feed=False, clock=lambda: FIXED)
+        async with app.run_test(size=SIZE) as pilot:
+            await show(app, pilot, events[:9], status)
+            await app.default_screen.remove_children()  # what closing does first
+            app.apply(FeedUpdate(Source.LEDGER, events=tuple(events[9:]), status=status, at=FIXED.timestamp()))
+            assert app._tables_due
+            app.tick()
+            app.draw()
+            app._draw_progress()
+            await pilot.pause()
+            assert app.is_running and app.view.head_seq == events[-1].seq  # the view still folds what arrives
+    asyncio.run(go())
+
+
 def test_clicking_a_column_header_sorts_the_experiments(lab):
     events = fixed_session(lab)
     status = status_from_ledger(lab)
