@@ -13,8 +13,8 @@ groups, no capabilities (effective, inheritable, ambient or bounding) and no_new
 root-only files stay unreadable, RLIMIT_NPROC applies, and a Unix socket it could somehow see
 is still refused by its file mode.
 
-Limits: a fresh cgroup per run where the machine allows it (v1 memory + pids + cpuacct
-here, v2 elsewhere) holds the memory limit (RSS, shared memory, the private tmpfs: all of it),
+Limits: a fresh cgroup per run where the machine allows it (v1 memory + pids + cpuacct +
+cpuset here, v2 elsewhere) holds the memory limit (RSS, shared memory, the private tmpfs: all of it),
 the task limit, the peak and the CPU count; without cgroups a poll of /proc (RSS including shared memory, plus the
 private tmpfs) does it. A wall-clock kill, an optional stop signal before it, RLIMIT_FSIZE and
 RLIMIT_NPROC, and a bounded log with a tail for the ledger. When the run started, when the stop
@@ -23,7 +23,8 @@ on the controller's monotonic clock (the phases of a run: `controller.execution.
 
 Two clocks for the stop: wall seconds from the start, or CPU seconds of the whole tree (the
 cgroup's cpuacct counter, else a poll of /proc) divided by the CPUs the run may use, which other
-work on the machine can't shrink; the run's CPU affinity is set to those CPUs, and a wall cap
+work on the machine can't shrink; the run's CPU affinity is set to those CPUs (held by a cpuset
+group where the machine has one: then a run can't widen it onto a neighbour's), and a wall cap
 still stops a run that gets no CPU at all.
 
 Level "none" keeps the same process handling (and the cgroup) without bwrap, for labs whose
@@ -137,6 +138,7 @@ class SandboxResult:
     clock: str = "wall"             # what the stop counted: "wall", or "cpu" (CPU seconds per CPU, a wall cap too)
     cpu_seconds: float | None = None  # user + system CPU of the whole tree over the run (the cgroup's, else polled)
     cpu_threads: int = 0            # the CPUs it could use (its affinity): the cpu clock's divisor
+    cpuset: bool = False            # a cpuset cgroup held it to those CPUs (else only the affinity, which it may widen)
     stopped_by: str = ""            # "cpu" or "wall": the clock that reached its limit and sent the stop signal
     # When things happened, by the controller: started_monotonic is the run's t0 on time.monotonic(),
     # the others wall seconds after it (like exit_seconds); None where it never happened.
@@ -449,8 +451,8 @@ def _keyed(path: Path, key: str) -> int:
 
 
 def _cgroup_parents() -> tuple[str, dict[str, Path]] | None:
-    """Where this process's own groups are: ("v1", {"memory": dir, "pids": dir, "cpuacct": dir}) or
-    ("v2", {"unified": dir})."""
+    """Where this process's own groups are: ("v1", {"memory": dir, "pids": dir, "cpuacct": dir,
+    "cpuset": dir}) or ("v2", {"unified": dir})."""
     try:
         mine = {}
         for line in _read(Path("/proc/self/cgroup")).splitlines():
@@ -475,7 +477,7 @@ def _cgroup_parents() -> tuple[str, dict[str, Path]] | None:
         return d if d.is_dir() else None
 
     v1 = {}
-    for c in ("memory", "pids", "cpuacct"):
+    for c in ("memory", "pids", "cpuacct", "cpuset"):
         for fstype, root, point, opts in mounts:
             if fstype == "cgroup" and c in opts and c in mine and (d := place(root, point, mine[c])):
                 v1[c] = d
@@ -493,7 +495,8 @@ class _Cgroup:
     """One run's group(s): created with its limits, read while it runs, removed after."""
 
     kind: str                       # "cgroup-v1" or "cgroup-v2"
-    dirs: dict[str, Path]           # v1: {"memory": dir, "pids": dir, "cpuacct": dir (those two optional)}; v2: {"unified": dir}
+    dirs: dict[str, Path]           # v1: {"memory": dir, "pids", "cpuacct", "cpuset" (those three optional)}; v2: {"unified": dir}
+    cpuset: bool = False            # the kernel holds the run to its CPUs (cpuset.cpus): it can't widen its affinity
 
     @property
     def has_pids(self) -> bool:
@@ -578,9 +581,10 @@ class _Cgroup:
                 time.sleep(0.05)
 
 
-def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup | None:
-    """A fresh group under this process's own, limited to memory_mb and `tasks` tasks; None if the
-    machine doesn't let us (no cgroup fs, not root, v2 without delegated controllers)."""
+def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter", cpus: list[int] | None = None) -> _Cgroup | None:
+    """A fresh group under this process's own, limited to memory_mb and `tasks` tasks and, where
+    the cpuset controller is ours, to `cpus`; None if the machine doesn't let us (no cgroup fs,
+    not root, v2 without delegated controllers). Without a cpuset only the affinity holds the CPUs."""
     if not CGROUPS:
         return None
     where = _cgroup_parents()
@@ -594,6 +598,8 @@ def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup
     try:
         if kind == "v1":
             for c, parent in parents.items():
+                if c == "cpuset" and not cpus:
+                    continue                         # a nested group (the worker's) stays in its parent's set
                 try:
                     (parent / name).mkdir()
                 except OSError:
@@ -610,7 +616,14 @@ def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup
                     _write(made["pids"] / "pids.max", tasks)
                 except OSError:
                     (made.pop("pids")).rmdir()
-            return _Cgroup("cgroup-v1", made)
+            if "cpuset" in made:
+                try:
+                    # v1 takes no task until both are set; mems as the parent's (every node)
+                    _write(made["cpuset"] / "cpuset.mems", _read(parents["cpuset"] / "cpuset.mems").strip())
+                    _write(made["cpuset"] / "cpuset.cpus", _cpu_list(cpus))
+                except OSError:
+                    (made.pop("cpuset")).rmdir()
+            return _Cgroup("cgroup-v1", made, cpuset="cpuset" in made)
         parent = parents["unified"]
         d = parent / name
         d.mkdir()
@@ -622,7 +635,7 @@ def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup
             if (d / f).exists():
                 _write(d / f, v)
         _write(d / "pids.max", tasks)
-        return _Cgroup("cgroup-v2", made)
+        return _Cgroup("cgroup-v2", made, cpuset=bool(cpus) and _v2_cpuset(parent, d, cpus))
     except OSError:
         for d in made.values():
             try:
@@ -630,6 +643,21 @@ def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter") -> _Cgroup
             except OSError:
                 pass
         return None
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def _v2_cpuset(parent: Path, d: Path, cpus: list[int]) -> bool:
+    """Hold a v2 group to `cpus` if the parent delegates cpuset (or lets us enable it)."""
+    try:
+        if "cpuset" not in _read(d / "cgroup.controllers").split():
+            _write(parent / "cgroup.subtree_control", "+cpuset")
+        _write(d / "cpuset.cpus", _cpu_list(cpus))
+        return True
+    except OSError:
+        return False
 
 
 def _remove_stale(parents, prefix: str) -> None:
@@ -653,6 +681,16 @@ def limits_mechanism() -> str:
         return "poll"
     group.remove()
     return group.kind
+
+
+@functools.lru_cache(maxsize=1)
+def cpuset_available() -> bool:
+    """Whether a run started now would be held to its CPUs by a cpuset cgroup."""
+    group = _make_cgroup(16, 16, "charter-probe", cpus=sorted(os.sched_getaffinity(0))[:1])
+    if group is None:
+        return False
+    group.remove()
+    return group.cpuset
 
 
 # ---------------------------------------------------------------------------
@@ -893,10 +931,10 @@ def _child_setup(max_file_mb: int, nproc: int | None, procs_files: list[str], cp
     for path in procs_files:
         with open(path, "w") as f:
             f.write(str(os.getpid()))
-    # The CPUs it may use. The run could widen its own affinity again (that needs no privilege;
-    # a cpuset cgroup would be the lock), but under the cpu clock every CPU second of the tree is
-    # charged, so a wider run only spends its budget sooner: the affinity keeps it to its share
-    # of the machine, the charge keeps it honest.
+    # The CPUs it may use. Where the run's cgroup has a cpuset the kernel holds it to them;
+    # elsewhere it could widen its affinity again (that needs no privilege), but under the cpu
+    # clock every CPU second of the tree is charged, so a wider run only spends its budget sooner
+    # (and slows a neighbour on another worker: the cpuset is what stops that).
     if cpus is not None and set(cpus) != os.sched_getaffinity(0):
         os.sched_setaffinity(0, cpus)
     # No RLIMIT_AS: CPU torch.compile peaks at ~1 GB virtual for 0.4 GB resident and CUDA
@@ -1030,7 +1068,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
     else:
         raise ValueError(f"unknown sandbox level {level!r}: use 'bubblewrap' or 'none'")
 
-    group = _make_cgroup(spec.memory_mb, spec.max_processes + extra)
+    group = _make_cgroup(spec.memory_mb, spec.max_processes + extra, cpus=cpus)
     limits = group.kind if group else "poll"
     clock = "cpu" if cpu_stop is not None else "wall"
     log = _Log(spec.stdout_path)
@@ -1170,6 +1208,7 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
         clock=clock,
         cpu_seconds=cpu_seconds,
         cpu_threads=threads,
+        cpuset=bool(group and group.cpuset),
         stopped_by=stopped_by,
         started_monotonic=t0,
         marker_seconds=marker.seconds,

@@ -215,7 +215,8 @@ def test_the_run_may_use_only_its_cpus(lab, threads):
 WIDENER = """
 import hashlib, os, signal, sys, threading, time
 signal.signal(signal.SIGTERM, lambda *_: (print(f"own cpu {time.process_time():.3f}", flush=True), os._exit(0)))
-os.sched_setaffinity(0, range(os.cpu_count()))     # needs no privilege
+os.sched_setaffinity(0, range(os.cpu_count()))     # needs no privilege; a cpuset narrows it again
+print("widened to", len(os.sched_getaffinity(0)), flush=True)
 def burn():                                        # hashing a large buffer releases the GIL
     data = b"x" * (1 << 20)
     while True:
@@ -229,11 +230,25 @@ while True:
 
 @needs_bwrap
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
-def test_a_run_that_widens_its_affinity_is_charged_for_all_its_cpu(lab):
+def test_a_run_that_widens_its_affinity_is_held_by_its_cpuset_or_charged_for_all_its_cpu(lab):
     result = run(cpu_spec(lab, WIDENER, budget=1.0), "bubblewrap")
-    # charged for every CPU second of both threads: it only spent its one-CPU budget sooner
-    assert result.stopped_by == "cpu" and 1.0 <= result.cpu_seconds <= 1.6
-    assert own_cpu(result) <= result.cpu_seconds + 0.05
+    assert result.cpuset == sandbox.cpuset_available()
+    assert result.stopped_by == "cpu" and own_cpu(result) <= result.cpu_seconds + 0.05
+    if result.cpuset:  # the kernel keeps it on its one CPU: its neighbour's stays free
+        assert "widened to 1" in result.log_tail, result.log_tail
+        assert 1.0 <= result.cpu_seconds <= 1.3
+    else:  # charged for every CPU second of both threads: it only spent its one-CPU budget sooner
+        assert f"widened to {os.cpu_count()}" in result.log_tail, result.log_tail
+        assert 1.0 <= result.cpu_seconds <= 1.6
+
+
+def test_this_machine_holds_runs_by_cpuset_where_it_has_the_controller():
+    """The reference machines mount cgroup v1's cpuset for us: the cpuset branch above must be the
+    one that runs there (a machine without the controller is shown by the poll and v2 paths)."""
+    mounted = any(line.split(" - ")[1].split()[0] == "cgroup" and "cpuset" in line.split(" - ")[1].split()[2].split(",")
+                  for line in open("/proc/self/mountinfo") if " - " in line)
+    if mounted and sandbox.limits_mechanism() == "cgroup-v1":
+        assert sandbox.cpuset_available()
 
 
 # ---------------------------------------------------------------------------
