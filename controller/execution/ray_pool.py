@@ -181,11 +181,18 @@ class RayPool:
 # -- the local cluster's processes ---------------------------------------------------------------
 
 def _start_time(pid: int) -> int | None:
+    """When pid started (clock ticks since boot), or None if it is gone or only a zombie (it has
+    exited; its parent has not reaped it yet)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def running(pid: int, start: int) -> bool:
+    """Whether the process recorded as (pid, start time) still runs: a reused pid is another."""
+    return _start_time(pid) == start
 
 
 def _descendants(root: int) -> list[int]:
@@ -227,11 +234,21 @@ def reap_leftovers(state_dir: Path) -> int:
             pid, start = int(item["pid"]), int(item["start"])
         except (KeyError, TypeError, ValueError):
             continue
-        if _start_time(pid) == start:
+        if running(pid, start):
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
             except OSError:
-                pass
+                continue
+            _reap(pid)
     path.unlink(missing_ok=True)
     return killed
+
+
+def _reap(pid: int) -> None:
+    """Collect a killed child of ours at once (Ray's processes are, when this controller started
+    the cluster), so no zombie of it is left; another's is its parent's to collect."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass

@@ -31,7 +31,7 @@ def events(lab, kind=None):
 
 def alive(procs):
     """Those of the recorded (pid, start time) that still run."""
-    return [p for p in procs if ray_pool._start_time(p["pid"]) == p["start"]]
+    return [p for p in procs if ray_pool.running(p["pid"], p["start"])]
 
 
 class RayWatch:
@@ -61,7 +61,8 @@ def test_two_workers_overlap_decide_and_judge_against_the_newer_best(make_lab, t
     evs = events(lab)
     assert [e.payload["workers"] for e in evs if e.kind == EventKind.SESSION_STARTED] == [2]
     decided = {e.experiment: e for e in evs if e.kind == EventKind.DECIDED}
-    assert sorted(decided) == [0, 1, 2, 3] and "nothing more" in summary["reason"]
+    said = "; ".join(f"{n}: {d.payload['decision']} ({d.payload['reason'][:160]})" for n, d in sorted(decided.items()))
+    assert sorted(decided) == [0, 1, 2, 3] and "nothing more" in summary["reason"], f"{summary['reason']}; {said}"
     started = {}
     for e in evs:
         if e.kind == EventKind.TRAINING_STARTED:
@@ -69,7 +70,7 @@ def test_two_workers_overlap_decide_and_judge_against_the_newer_best(make_lab, t
     # two in flight at once: the second candidate trained before the first was decided
     assert started[2] < decided[1].seq
     assert all(decided[n].payload["decision"] in ("keep", "discard") for n in (1, 2, 3)), \
-        {n: decided[n].payload["reason"] for n in decided}
+        said
     # experiment 2 was proposed from the baseline; experiment 1's keep came while it ran, so it was
     # judged against that newer best
     proposed = {e.experiment: e for e in evs if e.kind == EventKind.PROPOSED}
@@ -117,6 +118,25 @@ def test_more_workers_without_ray_is_refused_in_one_line(make_lab, tmp_path):
     lab.git.commit_all("local backend")
     with pytest.raises(SessionRefused, match='needs scale.backend = "ray"'):
         Session(lab, QueueProposer(tmp_path / "empty"), workers=2).run()
+
+
+def test_a_recorded_process_killed_unreaped_counts_as_gone_and_the_reap_collects_ours(tmp_path):
+    """A child of ours that exited stays a zombie until we wait for it: it no longer runs, and
+    `reap_leftovers` must not leave one behind."""
+    zombie = subprocess.Popen(["sleep", "60"])
+    start = ray_pool._start_time(zombie.pid)
+    assert start is not None and ray_pool.running(zombie.pid, start)
+    os.kill(zombie.pid, signal.SIGKILL)
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        pass  # the kill lands at once; only our wait would collect it
+    assert not ray_pool.running(zombie.pid, start)
+    zombie.wait()
+
+    left = subprocess.Popen(["sleep", "60"])
+    (tmp_path / ray_pool.PIDS_FILE).write_text(json.dumps([{"pid": left.pid, "start": ray_pool._start_time(left.pid)}]))
+    assert ray_pool.reap_leftovers(tmp_path) == 1
+    assert not Path(f"/proc/{left.pid}").exists()  # killed and collected: not even a zombie is left
+    assert not (tmp_path / ray_pool.PIDS_FILE).exists()
 
 
 def ray_task_processes():
