@@ -8,6 +8,7 @@ spent inside train + evaluate, and experiments per hour against the constitution
 
     python bench/governance_overhead.py --experiments 10                      # 60 s budget, compile on
     python bench/governance_overhead.py --experiments 5 --training-seconds 10 --source DIR
+    python bench/governance_overhead.py --experiments 10 --clock wall        # the budget on the wall clock
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--experiments", type=int, default=10)
     ap.add_argument("--training-seconds", type=float, default=None, help="override budgets.experiment.training_seconds")
     ap.add_argument("--source", help="corpus for a new lab's prepare (default: debian)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), help="override budgets.experiment.clock of a new lab")
     ap.add_argument("--analyze", action="store_true", help="only analyze the latest session of --lab; run nothing")
     args = ap.parse_args()
 
@@ -51,9 +53,13 @@ def main() -> None:
         lab = find_lab(args.lab)
     else:
         lab = init_lab(Path(tempfile.mkdtemp(prefix="charter-bench-")) / "lab")
+        text = lab.constitution_path.read_text()
         if args.training_seconds:
-            text = lab.constitution_path.read_text()
             text = re.sub(r"^training_seconds = \S+", f"training_seconds = {args.training_seconds:g}", text, flags=re.M)
+        if args.clock:
+            text, n = re.subn(r'^clock = "\w+"', f'clock = "{args.clock}"', text, flags=re.M)
+            assert n == 1, "the shipped constitution sets budgets.experiment.clock once"
+        if text != lab.constitution_path.read_text():
             lab.constitution_path.write_text(text)
             lab.git.commit_all("bench: training budget")
         prepare_lab(lab, quiet=True, source=args.source)
