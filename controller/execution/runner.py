@@ -79,7 +79,7 @@ def base_env(rules: Constitution) -> dict[str, str]:
     } | HEAP_REUSE)
     # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines; and
     # the GPUs a Ray worker was given (ray_pool)
-    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE",
+    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE",
                 "CHARTER_COMPILE", "CUDA_VISIBLE_DEVICES", *HEAP_REUSE):
         if key in os.environ:
             env[key] = os.environ[key]
@@ -282,7 +282,9 @@ class Runner:
         if cpu:
             # OpenMP threads (torch's) that wait sleep rather than spin: a spinning thread is charged
             # CPU for no work, and the more so the busier the machine (on 2 busy cores: 3.8 CPU s per
-            # step spinning, 1.9 passive, the same as with a competing process). The run may set
+            # step spinning, 1.9 passive, the same as with a competing process). Even a bounded spin
+            # (GOMP_SPINCOUNT=10000) that saves 9% of a budget's wall time on a quiet machine trains
+            # 26% less beside one busy process (bench/omp_wait.py). The operator or the run may set
             # its own policy; it pays for the spinning.
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         train_dir = Path(data["train_dir"])

@@ -282,6 +282,12 @@ def test_the_runner_asks_for_the_cpu_clock_by_default(tmp_path, monkeypatch):
     assert spec.env["OMP_WAIT_POLICY"] == "PASSIVE"  # spinning threads would be charged for waiting
 
 
+def test_an_operators_spin_count_passes_through_to_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")  # a lab that owns its machine may trade fairness for wall time
+    spec = spec_for(rules_with(cpu_threads="1"), tmp_path, monkeypatch)
+    assert spec.env["GOMP_SPINCOUNT"] == "10000"
+
+
 def test_the_runner_on_the_wall_clock_is_as_before(tmp_path, monkeypatch):
     rules = rules_with(clock='"wall"')
     spec = spec_for(rules, tmp_path, monkeypatch)
