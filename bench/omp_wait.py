@@ -5,7 +5,8 @@ the run keeps its cores. torch's OpenMP threads that wait between operators eith
 (OMP_WAIT_POLICY=PASSIVE, what the runner sets), spin a bounded number of times first
 (GOMP_SPINCOUNT=N), or spin without end (ACTIVE): spinning is charged, sleeping costs a wake-up.
 This runs the lab's train.py by hand on the cpu clock, the way the controller starts it
-(CHARTER_CPU_BUDGET, CHARTER_CPU_THREADS, the kept heap; no sandbox), for each setting in
+(CHARTER_CPU_BUDGET, CHARTER_CPU_THREADS, the kept heap; no sandbox, so only the shipped
+train.py, with a minimal environment, pinned to --threads CPUs), for each setting in
 interleaved rounds, and prints per setting the median and spread of the budget's wall time, the
 tokens trained, and the tokens per wall second and per counted second.
 
@@ -31,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.execution.runner import HEAP_REUSE  # noqa: E402
+from controller.workspace.lab import template_files  # noqa: E402
 
-CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CHARTER_DEADLINE", "CHARTER_CPU_BUDGET", "CHARTER_CPU_THREADS")
+KEPT = ("PATH", "LANG", "LC_ALL", "HOME", "XDG_CACHE_HOME", "CHARTER_CACHE_DIR")  # where prepare.py finds the data
 
 
 def setting_env(setting: str) -> dict[str, str]:
@@ -46,14 +48,16 @@ def setting_env(setting: str) -> dict[str, str]:
 
 def run_once(lab: Path, budget: float, threads: int, setting: str) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="charter-omp-"))
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env = {k: v for k, v in os.environ.items() if k in KEPT}
     env.update(HEAP_REUSE)
     env.update(RUN_DIR=str(run_dir), CHARTER_PROFILE="cpu", HF_HUB_OFFLINE="1", TORCHINDUCTOR_CACHE_DIR=str(run_dir / "cache"),
                CHARTER_CPU_BUDGET=f"{budget:g}", CHARTER_CPU_THREADS=str(threads),
                CHARTER_DEADLINE=f"{time.time() + 3 * budget + 30:.3f}")
     env.update(setting_env(setting))
     try:
-        subprocess.run([sys.executable, "train.py"], cwd=lab, env=env, check=True, capture_output=True)
+        cpus = sorted(os.sched_getaffinity(0))[:threads]
+        subprocess.run([sys.executable, "train.py"], cwd=lab, env=env, check=True, capture_output=True,
+                       preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         return json.loads((run_dir / "stats.json").read_text())
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -76,6 +80,8 @@ def main() -> None:
     for s in settings:
         setting_env(s)
     lab = Path(args.lab).resolve()
+    if (lab / "train.py").read_bytes() != template_files()["train.py"]:
+        raise SystemExit(f"omp_wait: {lab / 'train.py'} is not the shipped one; this runs it unsandboxed, so only that")
     found: dict[str, list[dict]] = {s: [] for s in settings}
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     try:
@@ -87,6 +93,7 @@ def main() -> None:
     finally:
         for p in load:
             p.kill()
+            p.wait()
     print(f"{args.rounds} rounds of a {args.budget:g} s budget on the cpu clock ({args.threads} CPUs), by hand, "
           f"{args.load} busy process(es) beside")
     print("| setting | budget's wall s | tokens | tokens / wall s | tokens / counted s | CPU busy |")

@@ -188,9 +188,9 @@ class CharterApp(App[None]):
             self._draw_budgets()
 
     def _drawable(self) -> bool:
-        """False while the app is closing (its widgets go before its timers stop) or before
-        compose: there is nothing to draw on."""
-        return bool(self.query(GateHeader))
+        """False while the app is closing (it stops running, then removes its widgets, children
+        first, before its timers stop) or before compose: there is nothing to draw on."""
+        return self.is_running and bool(self.query(GateHeader))
 
     def tick(self) -> None:
         """Twice a second: the countdown and freshness, and the tables if events arrived."""

@@ -245,10 +245,20 @@ def reap_leftovers(state_dir: Path) -> int:
     return killed
 
 
+REAP_WAIT_S = 2.0  # how long to wait for a killed child to be collectable (one in D state may take long)
+
+
 def _reap(pid: int) -> None:
-    """Collect a killed child of ours at once (Ray's processes are, when this controller started
-    the cluster), so no zombie of it is left; another's is its parent's to collect."""
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+    """Collect a killed child of ours (Ray's processes are, when this controller started the
+    cluster), so no zombie of it is left; another's is its parent's to collect. Never blocks past
+    REAP_WAIT_S: a child stuck in the kernel is left to be collected at our exit."""
+    end = time.monotonic() + REAP_WAIT_S
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            return
+        if time.monotonic() > end:
+            return
+        time.sleep(0.01)

@@ -615,14 +615,16 @@ def _make_cgroup(memory_mb: int, tasks: int, prefix: str = "charter", cpus: list
                 try:
                     _write(made["pids"] / "pids.max", tasks)
                 except OSError:
-                    (made.pop("pids")).rmdir()
+                    made["pids"].rmdir()
+                    del made["pids"]
             if "cpuset" in made:
                 try:
                     # v1 takes no task until both are set; mems as the parent's (every node)
                     _write(made["cpuset"] / "cpuset.mems", _read(parents["cpuset"] / "cpuset.mems").strip())
                     _write(made["cpuset"] / "cpuset.cpus", _cpu_list(cpus))
                 except OSError:
-                    (made.pop("cpuset")).rmdir()
+                    made["cpuset"].rmdir()
+                    del made["cpuset"]
             return _Cgroup("cgroup-v1", made, cpuset="cpuset" in made)
         parent = parents["unified"]
         d = parent / name

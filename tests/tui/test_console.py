@@ -220,9 +220,10 @@ def test_events_arriving_under_a_detail_screen_are_drawn_on_the_main_screen(lab)
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail screen")
             app.apply(FeedUpdate(Source.LEDGER, events=tuple(rest), status=status, at=FIXED.timestamp()))
-            app.tick()  # the tables were due: drawn now, under the detail screen
+            app.tick()  # the tables were due: drawn now, on the main screen under the detail screen
             await pilot.pause()
-            assert app.is_running and isinstance(app.screen, DetailScreen)
+            assert app.is_running and isinstance(app.screen, DetailScreen) and not app._tables_due
+            assert app.query_one("#experiments").row_count == 4  # app queries look at the main screen
             await pilot.press("escape")
             await wait_for(pilot, lambda: not isinstance(app.screen, DetailScreen), "the main screen")
             assert app.query_one("#experiments").row_count == 4
