@@ -1,9 +1,10 @@
-"""An evaluator started at the training's stop signal, released once the run is saved.
+"""An evaluator started just before the training's stop, released once the run is saved.
 
 An evaluation's fixed cost is start-up: an interpreter, the data and tokenizer checks, and two
-model workers importing torch, about 2.5 s of a 5 s evaluation on 2 cores. Started when the
-controller sends the run its stop signal, that start-up overlaps the run's last step and its
-saving instead of following them. The evaluator reads nothing of the run before the controller's
+model workers importing torch, about 2.5 s of a 5 s evaluation on 2 cores. Started a few seconds
+before the controller sends the run its stop signal (`runner.EARLY_EVAL_LEAD_S`, in the idle
+scheduling class, so it takes only CPU the run leaves), that start-up overlaps the run's last
+steps and its saving instead of following them. The evaluator reads nothing of the run before the controller's
 word: `prepare.py evaluate --go FILE` waits for FILE, which the runner writes (by a rename) only
 after the training's whole process tree is gone: "go", or "cancel" when there is nothing to score
 (a crash, a run over its budget, a person's stop). The evaluator's pid reaches the session (which

@@ -65,6 +65,10 @@ def kernels_cache() -> Path:
 # model trained 8.7k tokens/s by hand, 13.0k with the heap kept (bench/heap_reuse.py, medians of 3
 # pairs), and the evaluator's model worker answered a batch in ~0.3 s instead of ~0.2 s. Every run and evaluation
 # gets the same setting; an operator's own value passes through.
+# The early evaluator starts this long before the run's stop is due (counted seconds on the cpu
+# clock), in the idle class: its interpreter and both workers' `import torch` (~2.3 s) are then done
+# when the run has saved (0.8 s since train.py skips its teardown), not after.
+EARLY_EVAL_LEAD_S = 3.0
 HEAP_REUSE = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
@@ -256,7 +260,7 @@ class Runner:
         return [Path(data["val_dir"]), self.state_dir]
 
     def train(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None,
-              seed_offset: int = 0, on_stop: Callable[[], None] | None = None) -> SandboxResult:
+              seed_offset: int = 0, on_stop: Callable[[], None] | None = None, stop_lead_s: float = 0.0) -> SandboxResult:
         """Training sees the lab, the train shards, the manifest and the tokenizer read-only and
         writes only its run dir, compile caches included (nothing one run writes reaches the
         next). The controller owns the clock: SIGTERM at training_seconds after the sandbox
@@ -314,7 +318,7 @@ class Runner:
             stdout_path=run_dir / "train.log",
             marker=TRAIN_STARTUP_MARKER,
         )
-        return sandbox.run(spec, self.level, on_start=on_start, on_stop=on_stop)
+        return sandbox.run(spec, self.level, on_start=on_start, on_stop=on_stop, stop_lead_s=stop_lead_s)
 
     def evaluate(self, work_dir: Path, run_dir: Path, data: dict, on_start: Callable[[int], None] | None = None,
                  go_file: Path | None = None) -> tuple[SandboxResult, dict]:
@@ -438,7 +442,8 @@ class Runner:
         try:
             # GPU memory is sampled by the controller while training runs (NVML; off for a cpu lab)
             with gpu.VramSampler(enabled=self.rules.evaluation.profile == "gpu") as vram:
-                t = self.train(work_dir, run_dir, data, on_start, seed_offset, on_stop=early.start if early else None)
+                t = self.train(work_dir, run_dir, data, on_start, seed_offset, on_stop=early.start if early else None,
+                               stop_lead_s=EARLY_EVAL_LEAD_S)
             over = vram_check(vram.peak_mb, None, self.rules.budgets.experiment.vram_hard_mb)
             if over.hard_exceeded:  # unscored, like a run over its host memory limit: no evaluation
                 outcome = RunOutcome("crash", over.reason, None, t, None, {})

@@ -1030,7 +1030,7 @@ class _Log:
 
 
 def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = None,
-        on_stop: Callable[[], None] | None = None) -> SandboxResult:
+        on_stop: Callable[[], None] | None = None, stop_lead_s: float = 0.0) -> SandboxResult:
     """Run spec at level ("bubblewrap" or "none") to its end, or kill its tree at a limit.
 
     Level "none" applies env, cwd, rlimits, the cgroup, the limits and the kill, but not the
@@ -1038,7 +1038,9 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
 
     The stop signal comes at spec.stop_after_s wall seconds or, on the cpu clock, once the tree's
     CPU seconds divided by its CPUs reach spec.stop_after_cpu_s, whichever is first; on_stop is
-    called (on this thread: it must return at once) right after it is sent.
+    called once (on this thread: it must return at once) stop_lead_s before the stop is due on
+    the clock that stops it (counted seconds on the cpu clock), or right after the signal is sent
+    if that comes first (0: at the signal).
     """
     global _bwrap_ok
     t0 = time.monotonic()           # the run's clock: the stop, the timeout and exit_seconds count from here
@@ -1100,17 +1102,19 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
     meter = _CpuMeter(group)
     peak, reason, eof, last_poll, stopped, stopped_by, exited, used = 0, "", False, 0.0, False, "", None, 0.0
     stop_seconds = counted = None
+    told_stop = on_stop is None     # on_stop has been called
     deadline = t0 + spec.timeout_s
     try:
         while True:
             wait = POLL_S
             if not stopped:                                  # wake for the stop on time, not a poll late
+                lead = 0.0 if told_stop else stop_lead_s
                 if stop_at is not None:
-                    wait = min(wait, stop_at - time.monotonic())
+                    wait = min(wait, stop_at - lead - time.monotonic())
                 if cpu_stop is not None:
                     # `threads` CPUs spend at most that many CPU seconds per second: the budget
                     # can't run out sooner than this
-                    wait = min(wait, max(CPU_POLL_MIN_S, cpu_stop - used / threads))
+                    wait = min(wait, max(CPU_POLL_MIN_S, cpu_stop - lead - used / threads))
                 wait = max(0.0, wait)
             waits = ([] if eof else [fd]) + ([pidfd] if pidfd is not None else [])
             ready = select.select(waits, [], [], wait)[0] if waits else time.sleep(wait) or []
@@ -1139,8 +1143,10 @@ def run(spec: SandboxSpec, level: str, on_start: Callable[[int], None] | None = 
                     counted = used / threads if cpu_stop is not None else stop_seconds
                     if spec.stop_grace_s is not None:
                         deadline = min(deadline, now + spec.stop_grace_s)
-                    if on_stop:
-                        on_stop()
+                if not told_stop and (stopped or (stop_at is not None and now >= stop_at - stop_lead_s)
+                                      or (cpu_stop is not None and used / threads >= cpu_stop - stop_lead_s)):
+                    told_stop = True
+                    on_stop()
             if now - last_poll < POLL_S:
                 continue
             last_poll = now

@@ -8,6 +8,7 @@ second or two, so the whole file burns well under a minute of one core.
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,6 +63,24 @@ def test_a_run_is_stopped_after_its_cpu_seconds(lab, level):
     assert result.limits == sandbox.limits_mechanism() and result.cpu_threads == 1
     # told its CPU budget with the lead over the signal, and how many CPUs it has
     assert f"budget {1.5 + sandbox.STOP_LEAD_S:.3f} threads 1" in result.log_tail
+
+
+@pytest.mark.parametrize("lead", [0.0, 1.0])
+def test_on_stop_comes_its_lead_before_the_stop_or_with_it(lab, lead):
+    """The early evaluator's cue: called once, `lead` counted seconds before the stop is due."""
+    calls = []
+
+    def on_stop():  # what the run's own CPU count and the sandbox's word were when it came
+        calls.append(time.monotonic())
+
+    result = run(cpu_spec(lab, budget=2.0), "none", on_stop=on_stop, stop_lead_s=lead)
+    assert_stopped_on_cpu(result, 2.0)
+    assert len(calls) == 1
+    at = calls[0] - result.started_monotonic
+    if lead:
+        assert at < result.stop_seconds  # before the signal, on the run's CPU count
+    else:
+        assert at >= result.stop_seconds  # right after the signal
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -262,7 +281,7 @@ def rules_with(**values):
 def spec_for(rules, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     seen = []
-    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None, on_stop=None: seen.append(spec))
+    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None, on_stop=None, **kw: seen.append(spec))
     data = {"train_dir": str(tmp_path / "d" / "train"), "tokenizer_dir": str(tmp_path / "tok"),
             "val_dir": str(tmp_path / "d" / "val")}
     Runner(tmp_path / "state", rules, "none").train(tmp_path, tmp_path / "run", data)
@@ -311,7 +330,7 @@ def test_over_budget_names_the_clock_that_stopped_the_run():
 def test_repeated_runs_of_a_commit_are_told_other_seeds(tmp_path, monkeypatch):
     rules = rules_with(clock='"wall"')
     seen = []
-    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None, on_stop=None: seen.append(spec))
+    monkeypatch.setattr(runner_mod.sandbox, "run", lambda spec, level, on_start=None, on_stop=None, **kw: seen.append(spec))
     data = {"train_dir": str(tmp_path / "d" / "train"), "tokenizer_dir": str(tmp_path / "tok"),
             "val_dir": str(tmp_path / "d" / "val")}
     runner = Runner(tmp_path / "state", rules, "none")
