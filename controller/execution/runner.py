@@ -65,11 +65,11 @@ def kernels_cache() -> Path:
 # model trained 8.7k tokens/s by hand, 13.0k with the heap kept (bench/heap_reuse.py, medians of 3
 # pairs), and the evaluator's model worker answered a batch in ~0.3 s instead of ~0.2 s. Every run and evaluation
 # gets the same setting; an operator's own value passes through.
+HEAP_REUSE = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 # The early evaluator starts this long before the run's stop is due (counted seconds on the cpu
 # clock), in the idle class: its interpreter and both workers' `import torch` (~2.3 s) are then done
 # when the run has saved (0.8 s since train.py skips its teardown), not after.
 EARLY_EVAL_LEAD_S = 3.0
-HEAP_REUSE = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
 def base_env(rules: Constitution) -> dict[str, str]:
@@ -361,8 +361,8 @@ class Runner:
             max_file_mb=16,
             stdout_path=out_dir / "evaluate.log",
             marker=EVAL_READY_MARKER,
-            # started early, it yields the CPUs to the run it was started for, which is still saving
-            # within its grace: SCHED_IDLE, inherited by its workers (with nothing else running,
+            # started early, it yields the CPUs to the run it was started for, which is still in its
+            # last seconds of training or saving within its grace: SCHED_IDLE, inherited by its workers (with nothing else running,
             # as after the run's exit, it changes nothing)
             nice=EARLY_EVALUATOR_NICE if waits else 0,
         )

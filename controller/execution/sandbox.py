@@ -118,7 +118,7 @@ class SandboxSpec:
     threads_env: str | None = None  # an env var told how many CPUs the run may use
     stop_grace_s: float | None = None  # the hard kill also comes this many wall seconds after the stop signal
     marker: bytes | None = None     # the first output line starting with these bytes is timed (marker_seconds)
-    nice: int = 0                   # > 0: this niceness and SCHED_IDLE for the whole tree (an early evaluator yields to the run saving)
+    nice: int = 0                   # > 0: this niceness and SCHED_IDLE for the whole tree (an early evaluator yields to its run)
 
 
 @dataclass(frozen=True)
@@ -676,23 +676,24 @@ def _remove_stale(parents, prefix: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
+def _probe_group() -> _Cgroup | None:
+    """A group made (and removed) the way a run's is, once: what this machine gives a run."""
+    group = _make_cgroup(16, 16, "charter-probe", cpus=sorted(os.sched_getaffinity(0))[:1])
+    if group is not None:
+        group.remove()
+    return group
+
+
 def limits_mechanism() -> str:
     """What a run started now would be limited by: "cgroup-v1", "cgroup-v2" or "poll"."""
-    group = _make_cgroup(16, 16, "charter-probe")
-    if group is None:
-        return "poll"
-    group.remove()
-    return group.kind
+    group = _probe_group()
+    return group.kind if group else "poll"
 
 
-@functools.lru_cache(maxsize=1)
 def cpuset_available() -> bool:
     """Whether a run started now would be held to its CPUs by a cpuset cgroup."""
-    group = _make_cgroup(16, 16, "charter-probe", cpus=sorted(os.sched_getaffinity(0))[:1])
-    if group is None:
-        return False
-    group.remove()
-    return group.cpuset
+    group = _probe_group()
+    return bool(group and group.cpuset)
 
 
 # ---------------------------------------------------------------------------
