@@ -71,6 +71,18 @@ for extra in ((), ("/sys",)):
     print(f"sandbox_cuda (level {level}, extra {list(extra)}): rc {r.returncode}: {r.log_tail.strip()[-300:]}")
     if r.returncode == 0:
         break
+# a Ray worker's view (issue 17): only GPU 0's node shown, named by UUID; CUDA must find it as its one device
+try:
+    (dev0,) = gpu.assigned([0])
+    d = Path(tempfile.mkdtemp())
+    one = "import torch; print('one gpu', torch.cuda.device_count(), torch.cuda.get_device_name(), float(torch.ones(8, device='cuda').sum()))"
+    spec = sandbox.SandboxSpec(argv=[sys.executable, "-c", one], cwd=d, writable=[d], hidden=[], timeout_s=120,
+                               env=sandbox.minimal_env(d, {"CUDA_VISIBLE_DEVICES": dev0.uuid}), memory_mb=32000,
+                               max_processes=512, max_file_mb=64, stdout_path=d / "log", gpus=(dev0.minor,))
+    r = sandbox.run(spec, level)
+    print(f"sandbox_one_gpu ({dev0}): rc {r.returncode}: {r.log_tail.strip()[-300:]}")
+except gpu.GpuAssignmentError as e:
+    print(f"sandbox_one_gpu: not checked: {e}")
 EOF
   # 2. FA3 through kernels, offline as a governed run has it, then as the network allows
   (cd trainer && HF_HUB_OFFLINE=1 python3 -c 'import train; print("attention offline:", train.load_flash_attention()[1:])') 2>&1 | tail -1 | tee -a "$OUT/results.txt"

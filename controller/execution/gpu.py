@@ -2,9 +2,10 @@
 
 Read through NVML (`nvidia-ml-py`, the optional `charter[gpu]` extra) from the controller's own
 process, never from anything a run reports: `probe()` says which GPUs are usable (or why none
-is), and `VramSampler` samples the devices' used memory while a run trains and keeps the peak
-above what was in use when it started (one experiment per device at a time, so the difference
-is the run's; another user of the same GPU would be counted too). Without NVML or a GPU both
+is), `assigned` names the GPUs a Ray worker was given (NVML index, device node, UUID), and
+`VramSampler` samples the used memory of a run's GPUs (all of them, or the assigned ones) while
+it trains and keeps the peak above what was in use when it started (one experiment per device
+at a time, so the difference is the run's; another user of the same GPU would be counted too). Without NVML or a GPU both
 answer None / "not usable", so nothing here fires on a CPU machine. The decisions made from
 these readings are pure functions in `controller.policy.device`.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.policy.device import GpuProbe
@@ -64,14 +66,45 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True)
+class GpuDevice:
+    """One GPU as the sandbox and the sampler need it."""
+
+    index: int   # NVML's index (PCI bus order), which a worker's GPU ids from Ray are read as
+    minor: int   # its device node, /dev/nvidia<minor>: the only GPU node the run's sandbox shows
+    uuid: str    # CUDA_VISIBLE_DEVICES inside: a UUID names this GPU whatever order CUDA counts in
+
+
+class GpuAssignmentError(RuntimeError):
+    """The GPUs a worker was given can't be told apart here (no NVML, an id that is no index)."""
+
+
+def assigned(ids) -> tuple[GpuDevice, ...]:
+    """The GPUs with these ids (`ray.get_gpu_ids()`: NVML indices), read from NVML."""
+    try:
+        indices = tuple(int(i) for i in ids)
+    except (TypeError, ValueError):
+        raise GpuAssignmentError(f"GPU ids {list(ids)} are not device indices (set CUDA_VISIBLE_DEVICES by index)")
+    nvml, why = _nvml()
+    if nvml is None:
+        raise GpuAssignmentError(f"can't tell the assigned GPUs {list(indices)} apart: {why}")
+    try:
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        return tuple(GpuDevice(i, int(nvml.nvmlDeviceGetMinorNumber(h)), _text(nvml.nvmlDeviceGetUUID(h)))
+                     for i, h in zip(indices, handles))
+    except Exception as e:
+        raise GpuAssignmentError(f"NVML can't read the assigned GPUs {list(indices)}: {e}") from e
+
+
 class VramSampler:
     """`with VramSampler() as s:` samples used GPU memory in a thread; afterwards `s.peak_mb` is
     the peak above the memory in use at the start (None without NVML) and `s.device_name` the
-    first GPU's name ("" without NVML)."""
+    first sampled GPU's name ("" without NVML). `indices`: only these GPUs (a worker's), else all."""
 
-    def __init__(self, enabled: bool = True, interval_s: float = SAMPLE_INTERVAL_S):
+    def __init__(self, enabled: bool = True, interval_s: float = SAMPLE_INTERVAL_S, indices: tuple[int, ...] | None = None):
         self.enabled = enabled
         self.interval_s = interval_s
+        self.indices = indices
         self.peak_mb: float | None = None
         self.device_name = ""
         self._stop = threading.Event()
@@ -84,7 +117,8 @@ class VramSampler:
         if nvml is None:
             return self
         try:
-            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+            which = range(nvml.nvmlDeviceGetCount()) if self.indices is None else self.indices
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in which]
             if not handles:
                 return self
             self.device_name = _text(nvml.nvmlDeviceGetName(handles[0]))

@@ -42,10 +42,13 @@ def _under(path: PurePosixPath, dirs: tuple[PurePosixPath, ...]) -> bool:
     return any(path == d or d in path.parents for d in dirs)
 
 
-def gpu_binds(root: Path = Path("/"), ld_cache: tuple[str, ...] = (), shown: tuple[str, ...] = ()) -> list[Bind]:
+def gpu_binds(root: Path = Path("/"), ld_cache: tuple[str, ...] = (), shown: tuple[str, ...] = (),
+              minors: tuple[int, ...] | None = None) -> list[Bind]:
     """Every bind CUDA needs that exists under `root`; [] when there is no GPU device node.
     `ld_cache`: library paths as the loader's cache names them; `shown`: sandbox paths already
-    bound whole (a library under one is not bound again)."""
+    bound whole (a library under one is not bound again); `minors`: the GPUs shown, by device
+    node number (/dev/nvidia<minor>), None for all of them. CUDA can't open a GPU whose node is
+    absent, so a run given one GPU of several can use no other."""
     dev = root / "dev"
     try:
         names = sorted(p.name for p in dev.iterdir())
@@ -54,7 +57,7 @@ def gpu_binds(root: Path = Path("/"), ld_cache: tuple[str, ...] = (), shown: tup
     if not any(GPU_NODE.fullmatch(n) for n in names):
         return []
     binds = [Bind("--dev-bind", dev / n, PurePosixPath("/dev", n)) for n in names
-             if GPU_NODE.fullmatch(n) or n in CONTROL_NODES or (n == CAPS_DIR and (dev / n).is_dir())]
+             if (GPU_NODE.fullmatch(n) and (minors is None or int(n[len("nvidia"):]) in minors)) or n in CONTROL_NODES or (n == CAPS_DIR and (dev / n).is_dir())]
     if (root / PROC_DRIVER).is_dir():
         binds.append(Bind("--ro-bind", root / PROC_DRIVER, PurePosixPath("/", PROC_DRIVER)))
     skip = tuple(PurePosixPath(s) for s in shown)

@@ -2,8 +2,9 @@
 
 The task only trains and evaluates, through the same `Runner` and sandbox as a run in the
 controller's process; everything that decides stays with the controller. A task asks for its
-worker's devices (num_cpus on a cpu lab, num_gpus on a gpu lab: Ray sets CUDA_VISIBLE_DEVICES,
-which the runner passes into the sandbox). On a local cluster each worker slot also gets CPUs of
+worker's devices (num_cpus on a cpu lab, num_gpus on a gpu lab). On a gpu lab the run's sandbox
+shows only the task's GPUs (their device nodes, named by UUID in CUDA_VISIBLE_DEVICES) and the
+controller samples only their memory. On a local cluster each worker slot also gets CPUs of
 its own (the task's affinity, which the sandbox narrows further), so two runs never share a core
 and the cpu clock stays fair. Ray never retries a task (max_retries=0): a worker or node lost
 mid-run comes back as an interrupted run with Ray's reason, never as a silent second run. A
@@ -16,6 +17,7 @@ leaves none of them running.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -26,29 +28,39 @@ from typing import Any
 
 from constitution import Constitution
 from constitution.schema import Scale
+from controller.execution import gpu
 from controller.execution.runner import Job, RunOutcome, Runner
 from controller.execution.sandbox import SandboxResult
 
 PIDS_FILE = "ray-processes.json"
 
 
-def ray_refusal(scale: Scale, profile: str = "cpu", memory_mb: int = 0) -> str | None:
+def ray_refusal(scale: Scale, profile: str = "cpu", memory_mb: int = 0,
+                gpu_names: tuple[str, ...] | None = None) -> str | None:
     """Why this constitution's [scale] can't run here (one line), or None. On a local cluster every
-    worker needs CPUs of its own and room for its run's memory limit."""
+    worker needs CPUs (a cpu lab) or GPUs (a gpu lab; `gpu_names`: this machine's, None to probe)
+    of its own and room for its run's memory limit. A gpu lab's workers need NVML, which tells the
+    controller each worker's GPUs apart (device node, UUID, memory)."""
     if scale.workers == 1:
         return None
     if scale.backend == "local":
         return (f'scale.workers = {scale.workers} needs scale.backend = "ray": the local backend runs one '
                 "experiment at a time")
-    if profile == "gpu":
-        # not yet: NVML's memory reading covers every GPU of a node and the sandbox binds them all, so
-        # one run's VRAM limit would count its neighbours' (docs/scale.md)
-        return f"{scale.workers} workers on a gpu lab are not supported yet: run one (docs/scale.md)"
-    if scale.ray_address is None:
-        need, have = scale.workers * scale.devices_per_worker, len(os.sched_getaffinity(0))
+    need = scale.workers * scale.devices_per_worker
+    if profile == "gpu" and importlib.util.find_spec("pynvml") is None:
+        return (f"{scale.workers} workers on a gpu lab need NVML to give each run its own GPUs: "
+                "pip install 'charter[gpu]'")
+    if scale.ray_address is None and profile == "gpu":
+        have = len(gpu.probe().names if gpu_names is None else gpu_names)
+        if need > have:
+            return (f"{scale.workers} workers x {scale.devices_per_worker} GPU(s) need {need} GPUs of their own; "
+                    f"this machine has {have}")
+    elif scale.ray_address is None:
+        have = len(os.sched_getaffinity(0))
         if need > have:
             return (f"{scale.workers} workers x {scale.devices_per_worker} CPU(s) need {need} CPUs of their own; "
                     f"this machine has {have}")
+    if scale.ray_address is None:
         total = _memory_mb()
         if memory_mb and total and scale.workers * memory_mb > total:
             return (f"{scale.workers} workers x budgets.experiment.memory_hard_mb = {memory_mb} MB is more than "
@@ -80,12 +92,19 @@ def slot_cpus(slot: int, per_worker: int, allowed: list[int]) -> list[int] | Non
     return allowed[start:start + per_worker]
 
 
+def worker_gpus() -> tuple[gpu.GpuDevice, ...]:
+    """The GPUs Ray gave the task running this (its ids, read as NVML indices), from NVML."""
+    import ray
+    return gpu.assigned(ray.get_gpu_ids())
+
+
 def _run_on_worker(state_dir: Path, rules: Constitution, level: str, job: Job, data: dict,
-                   cpus: list[int] | None) -> RunOutcome:
-    """The body of one Ray task (on the worker): the job's run, as `Runner.run` does it anywhere.
+                   cpus: list[int] | None, on_gpus: bool = False) -> RunOutcome:
+    """The body of one Ray task (on the worker): the job's run, as `Runner.run` does it anywhere,
+    on a gpu lab with only the task's GPUs shown to the run and sampled for its memory.
     The affinity is set every time: Ray reuses a worker process, and the last task's would stay."""
     os.sched_setaffinity(0, cpus or range(os.cpu_count() or 1))
-    return Runner(state_dir, rules, level).run(job, data)
+    return Runner(state_dir, rules, level, gpus=worker_gpus() if on_gpus else None).run(job, data)
 
 
 def lost_outcome(level: str, why: str, seconds: float = 0.0) -> RunOutcome:
@@ -135,7 +154,7 @@ class RayPool:
     def submit(self, slot: int, job: Job, data: dict) -> Submitted:
         need = {"num_gpus": self.per_worker, "num_cpus": 1} if self.gpu else {"num_cpus": self.per_worker}
         cpus = slot_cpus(slot, self.per_worker, self._allowed) if self.local and not self.gpu else None
-        ref = self._task.options(**need).remote(self.state_dir, self.rules, self.level, job, data, cpus)
+        ref = self._task.options(**need).remote(self.state_dir, self.rules, self.level, job, data, cpus, self.gpu)
         sub = Submitted(ref, slot, job, time.monotonic())
         self.pending[ref] = sub
         return sub

@@ -81,8 +81,8 @@ def base_env(rules: Constitution) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     } | HEAP_REUSE)
-    # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines; and
-    # the GPUs a Ray worker was given (ray_pool)
+    # operator knobs passed through: thread counts, BLAS quirks, eager mode for slow machines, the
+    # GPUs a single worker may use (a Ray worker's own are set by Runner._env)
     for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CHARTER_NO_COMPILE",
                 "CHARTER_COMPILE", "CUDA_VISIBLE_DEVICES", *HEAP_REUSE):
         if key in os.environ:
@@ -248,10 +248,20 @@ def over_budget(t: SandboxResult, training_s: float, grace_s: float) -> str | No
 
 
 class Runner:
-    def __init__(self, state_dir: Path, rules: Constitution, level: str):
+    def __init__(self, state_dir: Path, rules: Constitution, level: str, gpus: tuple[gpu.GpuDevice, ...] | None = None):
         self.state_dir = state_dir
         self.rules = rules
         self.level = level
+        self.gpus = gpus  # a Ray worker's GPUs: its runs see and are charged for only these; None: all there are
+
+    def _env(self) -> dict[str, str]:
+        env = base_env(self.rules)
+        if self.gpus is not None:  # by UUID: the same GPU whichever order CUDA counts devices in
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(d.uuid for d in self.gpus)
+        return env
+
+    def _gpu_minors(self) -> tuple[int, ...] | None:
+        return None if self.gpus is None else tuple(d.minor for d in self.gpus)
 
     def _hidden(self, data: dict) -> list[Path]:
         # An extra deny only: the sandbox shows an allow-list, in which neither the validation data
@@ -276,7 +286,7 @@ class Runner:
         cpu = b.clock == "cpu"
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = run_dir / ".compile-cache"  # per run: created by the run itself, as the sandbox uid
-        env = base_env(self.rules) | {
+        env = self._env() | {
             "RUN_DIR": str(run_dir),
             "HOME": str(run_dir),
             "TORCHINDUCTOR_CACHE_DIR": str(cache),
@@ -317,6 +327,7 @@ class Runner:
             max_file_mb=min(b.disk_mb, self.rules.sandbox.max_file_mb),
             stdout_path=run_dir / "train.log",
             marker=TRAIN_STARTUP_MARKER,
+            gpus=self._gpu_minors(),
         )
         return sandbox.run(spec, self.level, on_start=on_start, on_stop=on_stop, stop_lead_s=stop_lead_s)
 
@@ -339,14 +350,15 @@ class Runner:
         waits = [] if go_file is None else ["--go", str(go_file)]
         # an early evaluator may wait for as long as the run's grace; its workers' own limit counts from then too
         timeout = b.evaluate_timeout_seconds + (b.grace_seconds if waits else 0)
-        env = base_env(self.rules) | {"HOME": str(out_dir)}
+        env = self._env() | {"HOME": str(out_dir)}
         if self.level == "bubblewrap":
             worker_spec = SandboxSpec(
                 # nothing of the run either: the evaluator sends the model over a pipe, and a FIFO the
                 # run left in its dir would be a channel between the scoring and the checking worker
                 argv=[], cwd=work_dir, writable=[], readable=[], hidden=self._hidden(data),
-                env=base_env(self.rules) | {"HOME": "/tmp"}, timeout_s=timeout,
+                env=self._env() | {"HOME": "/tmp"}, timeout_s=timeout,
                 memory_mb=b.memory_hard_mb, max_processes=self.rules.sandbox.max_processes, max_file_mb=1,
+                gpus=self._gpu_minors(),
             )
             env["EVAL_WORKER_PREFIX"] = sandbox.worker_prefix(worker_spec)
         spec = SandboxSpec(
@@ -441,7 +453,8 @@ class Runner:
         early = self.early_evaluator(work_dir, run_dir, data)
         try:
             # GPU memory is sampled by the controller while training runs (NVML; off for a cpu lab)
-            with gpu.VramSampler(enabled=self.rules.evaluation.profile == "gpu") as vram:
+            with gpu.VramSampler(enabled=self.rules.evaluation.profile == "gpu",
+                                 indices=None if self.gpus is None else tuple(d.index for d in self.gpus)) as vram:
                 t = self.train(work_dir, run_dir, data, on_start, seed_offset, on_stop=early.start if early else None,
                                stop_lead_s=EARLY_EVAL_LEAD_S)
             over = vram_check(vram.peak_mb, None, self.rules.budgets.experiment.vram_hard_mb)

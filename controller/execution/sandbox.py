@@ -119,6 +119,7 @@ class SandboxSpec:
     stop_grace_s: float | None = None  # the hard kill also comes this many wall seconds after the stop signal
     marker: bytes | None = None     # the first output line starting with these bytes is timed (marker_seconds)
     nice: int = 0                   # > 0: this niceness and SCHED_IDLE for the whole tree (an early evaluator yields to its run)
+    gpus: tuple[int, ...] | None = None  # the GPUs shown, by device node number (/dev/nvidiaN); None: every one there is
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ class _Plan:
         self.kinds[dest] = "tmpfs"
 
 
-def _system(plan: _Plan, mb: int) -> None:
+def _system(plan: _Plan, mb: int, gpus: tuple[int, ...] | None = None) -> None:
     """The fixed part: system libraries and tools, a few /etc entries, /dev, /proc, /tmp."""
     for name in TOP_LINKS:
         p = Path("/") / name
@@ -261,7 +262,7 @@ def _system(plan: _Plan, mb: int) -> None:
     # their binds go in as they are; a library outside the bound system dirs gets its parents.
     from controller.execution import gpu_binds  # here: this file also runs alone as `sandbox.py limit` (-I -S)
     shown = tuple(f"/usr/{n}" for n in USR_DIRS) + tuple(f"/{n}" for n in TOP_LINKS)
-    binds = gpu_binds.gpu_binds(Path("/"), gpu_binds.ld_cache_paths(), shown) if gpu_binds.has_gpu_node() else []
+    binds = gpu_binds.gpu_binds(Path("/"), gpu_binds.ld_cache_paths(), shown, gpus) if gpu_binds.has_gpu_node() else []
     for b in binds:
         if b.dest.parts[1] in ("dev", "proc"):
             plan.args += [b.option, str(b.source), str(b.dest)]
@@ -300,7 +301,7 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
 
     args = [shutil.which("bwrap") or "bwrap", "--tmpfs", "/"]
     plan = _Plan(args)
-    _system(plan, mb)
+    _system(plan, mb, spec.gpus)
     # Shallowest first so the deeper path wins: a run dir inside the masked .charter/ stays
     # writable, a val dir inside a readable cache stays hidden.
     for path, kind in sorted(trees.items(), key=lambda t: (len(t[0].parts), t[1], str(t[0]))):
