@@ -186,7 +186,7 @@ class DecisionRule(Strict):
     noise_sd: float = Field(gt=0)  # the floor and prior of the run-to-run sd; measured repeats can only raise it
     noise_prior_df: float = Field(default=4.0, gt=0, le=1000)  # how many degrees of freedom that prior is worth
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # one-sided: P(keep | no real gain) <= 1 - confidence
-    baseline_runs: int = Field(default=2, ge=1, le=10)  # runs of the baseline at session start (measures the noise)
+    baseline_runs: int = Field(default=2, ge=1, le=10)  # runs the incumbent has before a keep is judged against it
 
 
 class GateRule(Strict):

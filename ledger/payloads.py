@@ -300,6 +300,9 @@ class Decided(Payload):
     noise_df: float | None = None
     confidence: float | None = None
     setup: str = ""  # fingerprint of the measurement setup (noise.measurement_setup): runs pool within one
+    # runs of the incumbent made for this decision (a promising candidate's judge asked for them)
+    incumbent_commit: str = ""
+    incumbent_added: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ lower val_bpb is better) must clear a one-sided t-test at `confidence`, with the
 `min_improvement`. Screen, then confirm: a first run whose improvement, if it held, would clear
 the bar after all the candidate's runs is promising and earns its confirmation runs; anything
 less is discarded at once (after the first run or any later one), so runs are spent only where
-they can pay. A keep is decided only on all the runs, by that one test, so P(keep | no real
-gain) <= 1 - confidence (the earlier looks only ever discard).
-THROTTLE asks for more runs.
+they can pay. The same holds for the incumbent: the screen assumes it has `incumbent_runs` runs,
+and a promising candidate first asks for the ones it lacks (at session start the baseline runs
+once; its repeat is run only when a decision can depend on it). A keep is decided only on all the
+runs of both sides, by that one test, so P(keep | no real gain) <= 1 - confidence (the earlier
+looks only ever discard). THROTTLE asks for more runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class KeepRule:
     min_improvement: float
     confidence: float
     runs: int = 1  # 1 + confirmation runs: a candidate is kept only on all of them
+    incumbent_runs: int = 1  # runs the incumbent has before a keep is decided against it
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class KeepVerdict:
     need_more_runs: int  # > 0: run the candidate once more, then ask again
     reason: str
     evidence: Evidence
+    need_incumbent_runs: int = 0  # > 0: run the incumbent once more first (it has fewer than rule.incumbent_runs)
 
     @property
     def improvement(self) -> float:
@@ -125,15 +129,22 @@ def judge(incumbent_runs: list[float], candidate_runs: list[float], rule: KeepRu
         return KeepVerdict(False, 0, "no finite val_bpb to compare", ev)
     inc_mean, cand_mean = statistics.fmean(inc), statistics.fmean(cand)
     improvement = inc_mean - cand_mean
-    final = len(cand) >= rule.runs
-    need = required_improvement(rule, noise, len(inc), max(len(cand), rule.runs))  # the bar of the final test
+    short = max(0, rule.incumbent_runs - len(inc))  # incumbent runs still to come
+    final = len(cand) >= rule.runs and not short
+    # the bar of the final test, with both sides' runs as they will be
+    need = required_improvement(rule, noise, len(inc) + short, max(len(cand), rule.runs))
     ev = Evidence(inc, cand, improvement, need, noise.sd, noise.df, rule.confidence)
     what = "its run" if len(cand) == 1 else f"the mean of its {len(cand)} runs"
+    after = " and ".join(([f"{rule.runs} runs"] if len(cand) < rule.runs else [])
+                         + ([f"{len(inc) + short} of the incumbent"] if short else []))
     said = (f"{what} {cand_mean:.4f} vs the incumbent's {inc_mean:.4f} ({len(inc)} run{'s' * (len(inc) > 1)}): "
-            f"improvement {improvement:+.4f}, required {need:.4f}{'' if final else f' after {rule.runs} runs'} "
+            f"improvement {improvement:+.4f}, required {need:.4f}{f' after {after}' if after else ''} "
             f"({rule.confidence:.0%} one-sided, {noise.describe()}, min_improvement {rule.min_improvement:g})")
     if improvement < need:
         return KeepVerdict(False, 0, f"discarded: {said}", ev)
+    if short:
+        return KeepVerdict(False, 0, f"promising: {said}; running the incumbent once more "
+                                     f"(run {len(inc) + 1} of {len(inc) + short})", ev, need_incumbent_runs=1)
     if not final:
         return KeepVerdict(False, 1, f"promising: {said}; confirming (run {len(cand) + 1} of {rule.runs})", ev)
     return KeepVerdict(True, 0, f"kept: {said}", ev)

@@ -81,15 +81,19 @@ def measurement_setup(rules: Any, workers: int = 1) -> str:
 
 def runs_by_commit(events: Iterable[Any], setup: str) -> dict[str, list[float]]:
     """Every scored run of each commit under `setup`, from the decided events (oldest first).
-    A decided event carries all its experiment's runs; events of another setup are left out."""
+    A decided event carries all its experiment's runs, and any runs of its incumbent made for it;
+    events of another setup are left out."""
     out: dict[str, list[float]] = {}
     for e in events:
-        if e.kind != EventKind.DECIDED or str(e.decision) not in MEASURED or not e.commit_sha:
+        if e.kind != EventKind.DECIDED or not e.commit_sha:
             continue
         p = Decided.from_json(e.payload)
         if p.setup != setup:
             continue
-        out.setdefault(e.commit_sha, []).extend(float(r) for r in p.runs if isinstance(r, (int, float)))
+        if p.incumbent_commit:  # measured whatever became of the candidate
+            out.setdefault(p.incumbent_commit, []).extend(float(r) for r in p.incumbent_added if isinstance(r, (int, float)))
+        if str(e.decision) in MEASURED:
+            out.setdefault(e.commit_sha, []).extend(float(r) for r in p.runs if isinstance(r, (int, float)))
     return out
 
 

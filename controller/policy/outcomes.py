@@ -30,12 +30,13 @@ def decision_for_failed_run(status: str, stop_requested: bool) -> Decision:
 
 
 def keep_rule_for(rules: Constitution, gate: GateState) -> KeepRule:
-    """The keep rule in force: the constitution's, with THROTTLE's demand for more confirmation runs."""
+    """The keep rule in force: the constitution's, with THROTTLE's demand for more confirmation runs;
+    the incumbent is judged on at least `baseline_runs` runs."""
     d = rules.decision
     extra = d.confirmation_runs
     if gate == GateState.THROTTLE:
         extra = max(extra, rules.gates.throttle.confirmation_runs)
-    return KeepRule(d.min_improvement, d.confidence, 1 + extra)
+    return KeepRule(d.min_improvement, d.confidence, 1 + extra, d.baseline_runs)
 
 
 class FreezeStep(StrEnum):

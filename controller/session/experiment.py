@@ -32,10 +32,11 @@ class RunRequest:
 
     experiment: int
     commit: str
-    run_index: int  # 1 for a candidate's first run, 2.. for confirmation runs
+    run_index: int  # 1 for a candidate's first run, 2.. for confirmation runs; 0 for a run of its incumbent
     description: str
     seed_offset: int = 0  # runs of this commit scored before: a repeat draws another seed
     work_dir: Path | None = None  # None: the lab's work tree
+    name: str = ""  # the run dir's name within the experiment's (default: the run index)
 
 
 def next_request(steps: Generator[RunRequest, RunOutcome, None], outcome: RunOutcome) -> RunRequest | None:

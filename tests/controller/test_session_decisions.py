@@ -40,12 +40,19 @@ class Script:
 
 
 def scripted_runs(monkeypatch, scores):
-    """Replace training with scripted scores; returns the calls as (description, run_index, seed_offset)."""
-    calls = []
+    """Replace training with scripted scores; returns the calls as (description, run_index, seed_offset).
+    A run of an incumbent for a candidate's decision (run index 0) is named by the incumbent's
+    label and scores that label's next value (by its seed offset, its runs so far in the lab)."""
+    calls, labels = [], {}
 
-    def run_job(self, n, commit, run_index, description, seed_offset=0):
+    def run_job(self, n, commit, run_index, description, seed_offset=0, **where):
+        if run_index == 0:
+            description = labels[commit]
+            bpb = scores[description][seed_offset]
+        else:
+            labels[commit] = description
+            bpb = scores[description][run_index - 1]
         calls.append((description, run_index, seed_offset))
-        bpb = scores[description][run_index - 1]
         t = SandboxResult(0, False, False, 1.0, 10.0, "none", "", stopped=True, exit_seconds=1.0)
         return RunOutcome("ok", "", bpb, t, None, {})
 
@@ -62,56 +69,98 @@ def test_repeats_screening_confirmation_and_the_evidence(make_lab, monkeypatch):
     lab = make_lab(rules=REPEATS)
     scores = {
         "baseline": [2.00, 2.02, 1.98],
-        "null": [2.00],                      # no gain: discarded on its first run
-        "lucky": [1.90, 1.95, 2.05],         # a lucky first run earns confirmations, then falls back
+        "null": [2.00],                      # no gain: discarded on its first run, the baseline run once
+        "lucky": [1.90, 1.95, 2.05],         # a lucky first run: the baseline's repeats, confirmations, then it falls back
         "good": [1.80, 1.81, 1.79],          # a real gain, confirmed
         "after": [1.795],                    # judged against the new incumbent: its three runs
     }
     calls = scripted_runs(monkeypatch, scores)
     Session(lab, Script([("null", "a"), ("lucky", "b"), ("good", "c"), ("after", "d")]), tag="one").run()
 
-    assert [c for c in calls if c[0] == "baseline"] == [("baseline", 1, 0), ("baseline", 2, 1), ("baseline", 3, 2)]
+    # the baseline runs once at session start; its repeats only when "lucky" could be kept on them
+    assert [c for c in calls if c[0] == "baseline"] == [("baseline", 1, 0), ("baseline", 0, 1), ("baseline", 0, 2)]
+    order = [c[0] for c in calls]
+    assert order == ["baseline", "null", "lucky", "baseline", "baseline", "lucky", "lucky", "good", "good", "good", "after"]
     assert [c[1] for c in calls if c[0] == "lucky"] == [1, 2, 3] and [c[1] for c in calls if c[0] == "null"] == [1]
     rows = {p.description: (e, p) for e, p in decided(lab)}
     base_e, base = rows["baseline"]
-    assert base_e.decision == Decision.BASELINE and base.runs == scores["baseline"]
-    assert base_e.val_bpb == pytest.approx(2.00) and base.noise_df == 4 + 2
-    assert "over 3 run(s), sd 0.0200" in base.reason
+    assert base_e.decision == Decision.BASELINE and base.runs == scores["baseline"][:1]
+    assert base_e.val_bpb == pytest.approx(2.00) and base.noise_df == 4
+    assert "over 1 run(s)" in base.reason
 
     for label, want in (("null", "discard"), ("lucky", "discard"), ("good", "keep"), ("after", "discard")):
         e, p = rows[label]
         assert e.decision == want, (label, p.reason)
         assert p.runs == scores[label] and p.confidence == 0.95 and p.setup == noise.measurement_setup(lab.load_constitution())
         assert p.threshold is not None and p.noise_sd >= 0.02 and f"required {p.threshold:.4f}" in p.reason
-    assert rows["lucky"][1].incumbent_runs == scores["baseline"]
-    assert rows["lucky"][1].improvement == pytest.approx(2.00 - statistics.fmean(scores["lucky"]), abs=1e-6)
-    assert rows["good"][1].reason.startswith("kept: the mean of its 3 runs")
+    assert rows["null"][1].incumbent_runs == [2.00] and rows["null"][1].incumbent_added == []
+    assert "after 3 runs and 3 of the incumbent" in rows["null"][1].reason  # the screen's bar: both sides' runs to come
+    lucky = rows["lucky"][1]
+    assert lucky.incumbent_runs == scores["baseline"] and lucky.incumbent_added == [2.02, 1.98]
+    assert lucky.incumbent_commit == base_e.commit_sha
+    assert lucky.improvement == pytest.approx(2.00 - statistics.fmean(scores["lucky"]), abs=1e-6)
+    assert rows["good"][1].reason.startswith("kept: the mean of its 3 runs") and rows["good"][1].incumbent_added == []
     assert rows["after"][1].incumbent_runs == scores["good"]   # the new incumbent: all its runs
     assert rows["null"][1].reason.startswith("discarded: its run")
+    # the repeats are in the ledger as runs of the baseline's commit, and pool into the noise
+    runs = noise.runs_by_commit([e for e, _ in decided(lab)], noise.measurement_setup(lab.load_constitution()))
+    assert runs[base_e.commit_sha] == scores["baseline"]
+
+
+def test_a_candidate_that_can_not_pay_for_the_repeats_never_asks_for_them(make_lab, monkeypatch):
+    lab = make_lab(rules=REPEATS)
+    calls = scripted_runs(monkeypatch, {"baseline": [2.00], "worse": [2.10], "same": [1.99]})
+    Session(lab, Script([("worse", "a"), ("same", "b")]), tag="quiet").run()
+    assert [c[0] for c in calls] == ["baseline", "worse", "same"]  # one run each: nothing was promising
+
+
+def test_an_incumbent_run_that_fails_leaves_the_judgement_on_the_runs_it_has(make_lab, monkeypatch):
+    lab = make_lab(rules=REPEATS)
+    scores = {"baseline": [2.00], "good": [1.70, 1.71, 1.69]}
+    scripted_runs(monkeypatch, scores)
+    scripted = Session.run_job
+
+    def run_job(self, n, commit, run_index, description, seed_offset=0, **where):
+        if run_index == 0:  # the baseline's repeat crashes (the machine, not the candidate)
+            assert where["work_dir"] != lab.root and where["work_dir"].joinpath("train.py").is_file()
+            t = SandboxResult(1, False, False, 1.0, 10.0, "none", "Killed", exit_seconds=1.0)
+            return RunOutcome("crash", "exit code 1", None, t, None, {})
+        return scripted(self, n, commit, run_index, description, seed_offset, **where)
+
+    monkeypatch.setattr(Session, "run_job", run_job)
+    Session(lab, Script([("good", "a")]), tag="short").run()
+    rows = {p.description: (e, p) for e, p in decided(lab)}
+    e, p = rows["good"]
+    assert e.decision == Decision.KEEP, p.reason
+    assert p.incumbent_runs == [2.00] and p.incumbent_added == [] and p.runs == scores["good"]
+    assert "(1 run)" in p.reason and "of the incumbent" not in p.reason  # the bar of a one-run incumbent
+    assert lab.git.head() == e.commit_sha  # the keep is in the lab's work tree, the incumbent's worktree gone
 
 
 def test_a_later_session_pools_the_noise_and_draws_new_seeds(make_lab, monkeypatch):
     lab = make_lab(rules=REPEATS)
-    calls = scripted_runs(monkeypatch, {"baseline": [2.00, 2.04, 1.96], "x": [2.0]})
-    Session(lab, Script([("x", "a")]), tag="first").run()
+    calls = scripted_runs(monkeypatch, {"baseline": [2.00, 2.04, 1.96], "x": [1.80, 2.10]})
+    Session(lab, Script([("x", "a")]), tag="first").run()   # promising: the baseline's two repeats, then x falls back
+    assert [c[0] for c in calls] == ["baseline", "x", "baseline", "baseline", "x"]
     calls.clear()
-    # the second session's baseline is the same commit: its repeats continue the seed sequence
-    scripted_runs(monkeypatch, {"baseline": [2.01, 1.99, 2.03], "y": [2.0]})
+    # the second session's baseline is the same commit: it has three runs already (the
+    # repeats came from x's decided event), so its one run continues the seed sequence
+    scripted_runs(monkeypatch, {"baseline": [2.01], "y": [1.80, 1.85, 1.83]})
     Session(lab, Script([("y", "b")]), tag="second").run()
     second = decided(lab)[-2:]
     (base_e, base), (y_e, y) = second
     assert base_e.decision == Decision.BASELINE
-    assert base_e.val_bpb == pytest.approx(statistics.fmean([2.00, 2.04, 1.96, 2.01, 1.99, 2.03]))  # all its runs
-    assert base.noise_df == 4 + 5      # one commit, six runs in two sessions
-    assert y.incumbent_runs == [2.00, 2.04, 1.96, 2.01, 1.99, 2.03]
+    assert base_e.val_bpb == pytest.approx(statistics.fmean([2.00, 2.04, 1.96, 2.01]))  # all its runs
+    assert base.noise_df == 4 + 3 + 1  # the baseline: four runs in two sessions; x: two
+    assert y.incumbent_runs == [2.00, 2.04, 1.96, 2.01] and y.incumbent_added == []  # enough runs: no repeat
 
 
 def test_seed_offsets_continue_across_sessions(make_lab, monkeypatch):
     lab = make_lab(rules=REPEATS)
-    calls = scripted_runs(monkeypatch, {"baseline": [2.0, 2.0, 2.0], "x": [2.0]})
+    calls = scripted_runs(monkeypatch, {"baseline": [2.0, 2.0, 2.0, 2.0], "x": [1.8, 2.2]})
     Session(lab, Script([("x", "a")]), tag="first").run()
-    Session(lab, Script([("x", "b")]), tag="second").run()
-    assert [c[2] for c in calls if c[0] == "baseline"] == [0, 1, 2, 3, 4, 5]
+    Session(lab, Script([("x", "b")]), tag="second").run()  # x again: a new commit, and worse, so one run
+    assert [c[2] for c in calls if c[0] == "baseline"] == [0, 1, 2, 3]
 
 
 def test_an_experiment_the_controller_trips_on_is_a_crash_that_still_says_what_it_was(make_lab, monkeypatch):
@@ -120,10 +169,10 @@ def test_an_experiment_the_controller_trips_on_is_a_crash_that_still_says_what_i
     calls = scripted_runs(monkeypatch, scores)
     real = Session.run_job
 
-    def run_job(self, n, commit, run_index, description, seed_offset=0):
+    def run_job(self, n, commit, run_index, description, seed_offset=0, **where):
         if description == "trips":
             raise OSError("disk gone")  # anything the controller itself fails on mid-experiment
-        return real(self, n, commit, run_index, description, seed_offset)
+        return real(self, n, commit, run_index, description, seed_offset, **where)
 
     monkeypatch.setattr(Session, "run_job", run_job)
     Session(lab, Script([("trips", "a"), ("after", "b")]), tag="trip").run()
