@@ -11,7 +11,8 @@ they can pay. The same holds for the incumbent: the screen assumes it has `incum
 and a promising candidate first asks for the ones it lacks (at session start the baseline runs
 once; its repeat is run only when a decision can depend on it). A keep is decided only on all the
 runs of both sides, by that one test, so P(keep | no real gain) <= 1 - confidence (the earlier
-looks only ever discard). THROTTLE asks for more runs.
+looks only ever discard; while the incumbent's runs are still to come the screen's bar is lower
+by what they may move its mean, `incumbent_slack`). THROTTLE asks for more runs.
 """
 
 from __future__ import annotations
@@ -120,6 +121,17 @@ def required_improvement(rule: KeepRule, noise: NoiseEstimate, incumbent_n: int,
     return max(rule.min_improvement, t_quantile(rule.confidence, noise.df) * se)
 
 
+def incumbent_slack(noise: NoiseEstimate, n: int, short: int) -> float:
+    """How far the screen's bar comes down while the incumbent has `n` of its runs and `short` to
+    come: one sd of the shift those runs may bring its mean, (short / (n + short)) * sd *
+    sqrt(1/short + 1/n). A candidate is discarded at once only if a repeat one sd in its favour
+    would still leave it short of the bar; with it, screening against a once-run baseline keeps the
+    power of a baseline run twice up front (simulated in tests/controller/test_keep_rule.py)."""
+    if short <= 0:
+        return 0.0
+    return noise.sd * short / (n + short) * math.sqrt(1 / short + 1 / max(1, n))
+
+
 def judge(incumbent_runs: list[float], candidate_runs: list[float], rule: KeepRule, noise: NoiseEstimate) -> KeepVerdict:
     """Decide on a candidate given both sides' val_bpb runs so far (lower is better)."""
     inc = tuple(r for r in incumbent_runs if math.isfinite(r))
@@ -133,14 +145,16 @@ def judge(incumbent_runs: list[float], candidate_runs: list[float], rule: KeepRu
     final = len(cand) >= rule.runs and not short
     # the bar of the final test, with both sides' runs as they will be
     need = required_improvement(rule, noise, len(inc) + short, max(len(cand), rule.runs))
+    screen = need - incumbent_slack(noise, len(inc), short)
     ev = Evidence(inc, cand, improvement, need, noise.sd, noise.df, rule.confidence)
     what = "its run" if len(cand) == 1 else f"the mean of its {len(cand)} runs"
     after = " and ".join(([f"{rule.runs} runs"] if len(cand) < rule.runs else [])
                          + ([f"{len(inc) + short} of the incumbent"] if short else []))
+    now = f", {screen:.4f} before the incumbent's runs to come" if short else ""
     said = (f"{what} {cand_mean:.4f} vs the incumbent's {inc_mean:.4f} ({len(inc)} run{'s' * (len(inc) > 1)}): "
-            f"improvement {improvement:+.4f}, required {need:.4f}{f' after {after}' if after else ''} "
+            f"improvement {improvement:+.4f}, required {need:.4f}{f' after {after}' if after else ''}{now} "
             f"({rule.confidence:.0%} one-sided, {noise.describe()}, min_improvement {rule.min_improvement:g})")
-    if improvement < need:
+    if improvement < screen:
         return KeepVerdict(False, 0, f"discarded: {said}", ev)
     if short:
         return KeepVerdict(False, 0, f"promising: {said}; running the incumbent once more "
