@@ -28,7 +28,7 @@ _ENDED = P.json_shape((P.SessionEnded, ("reason",)))
 _STEPS = P.json_shape(
     (P.Proposed, ("description", "hypothesis", "source", "parent_commit")),
     (P.Committed, ("parent", "diff")),
-    (P.TrainingFinished, ("wall_seconds", "peak_rss_mb")),
+    (P.TrainingFinished, ("wall_seconds", "peak_rss_mb", "run")),
     (P.Decided, ("reason", "improvement", "description", "source", "threshold", "noise_sd", "noise_df")),
 )
 _REFUSED = P.json_shape((P.HarmRefused, ("refusals",)))
@@ -50,6 +50,8 @@ _AMENDMENT = P.json_shape(
     (P.AmendmentRejected, ("reason",)),
     (P.AmendmentApplied, ("hash",)),
 )
+# a run of the candidate itself: run 0 is a run of its incumbent made for its decision
+_OWN = "coalesce(p.run, 1) > 0"
 _RAN = ", ".join(f"'{d}'" for d in Decision.group("ran"))
 
 VIEW_SUMMARIES: dict[str, str] = {
@@ -114,10 +116,11 @@ VIEW_DOCS: dict[str, dict[str, str]] = {
         "threshold": "The improvement the keep rule required of it, from the noise and both sides' numbers of runs; NULL if it was never measured.",
         "noise_sd": "Run-to-run sd of val_bpb the keep rule used (the prior pooled with every repeated run of the lab).",
         "noise_df": "Degrees of freedom of that sd (the prior's plus the measured repeats').",
-        "train_seconds": "Wall-clock seconds of all its training runs, from `training_finished` events.",
+        "train_seconds": "Wall-clock seconds of all its training runs, from `training_finished` events "
+                         "(its own: not a run of its incumbent made for its decision, run 0).",
         "eval_seconds": "Wall-clock seconds of all its evaluations, from `evaluated` events.",
         "peak_rss_mb": "Largest peak resident memory of its training runs, in MB.",
-        "runs": "Number of training runs (more than 1 when a keep was confirmed).",
+        "runs": "Number of its training runs (more than 1 when a keep was confirmed; a run of its incumbent, run 0, not counted).",
         "gate_state": "Gate state when the decision was recorded.",
     },
     "refusals": {
@@ -281,10 +284,10 @@ SELECT decided_seq AS seq,
        arg_max(p.threshold, seq) FILTER (WHERE kind = 'decided') AS threshold,
        arg_max(p.noise_sd, seq) FILTER (WHERE kind = 'decided') AS noise_sd,
        arg_max(p.noise_df, seq) FILTER (WHERE kind = 'decided') AS noise_df,
-       sum(p.wall_seconds) FILTER (WHERE kind = 'training_finished') AS train_seconds,
-       sum(p.wall_seconds) FILTER (WHERE kind = 'evaluated') AS eval_seconds,
-       max(p.peak_rss_mb) FILTER (WHERE kind = 'training_finished') AS peak_rss_mb,
-       count(*) FILTER (WHERE kind = 'training_finished') AS runs,
+       sum(p.wall_seconds) FILTER (WHERE kind = 'training_finished' AND {_OWN}) AS train_seconds,
+       sum(p.wall_seconds) FILTER (WHERE kind = 'evaluated' AND {_OWN}) AS eval_seconds,
+       max(p.peak_rss_mb) FILTER (WHERE kind = 'training_finished' AND {_OWN}) AS peak_rss_mb,
+       count(*) FILTER (WHERE kind = 'training_finished' AND {_OWN}) AS runs,
        arg_max(gate_state, seq) FILTER (WHERE kind = 'decided') AS gate_state
 FROM parsed
 GROUP BY decided_seq, session, experiment

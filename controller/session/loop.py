@@ -168,6 +168,11 @@ class Session:
         self.proposals: dict[int, P.Proposed] = {}  # the experiments in hand and their proposed events
         self.proposer_overran = False  # a proposer thread abandoned at its deadline: never call it again
         self.decided: set[int] = set()  # the experiments decided while this controller ran
+        # runs of an incumbent made for an undecided experiment's decision, as its decided payload
+        # will carry them (a crash the controller trips on records them too), and their numbering
+        self.incumbent_added: dict[int, P.Decided] = {}
+        self.incumbent_run_count: dict[int, int] = {}
+        self.next_seed: dict[str, int] = {}  # per incumbent: seed offsets handed to its runs so far
         self._day_events: list[Event] = []
         self.data: dict = {}
 
@@ -744,11 +749,14 @@ class Session:
     def experiment(self, proposal: Proposal) -> None:
         """One experiment in the lab's work tree, its runs here one after another."""
         steps = self.experiment_steps(proposal, InPlace(self.lab))
-        request = next(steps, None)
-        while request is not None:
-            r = request
-            request = next_request(steps, self.run_job(r.experiment, r.commit, r.run_index, r.description,
-                                                       r.seed_offset, work_dir=r.work_dir, name=r.name))
+        try:
+            request = next(steps, None)
+            while request is not None:
+                r = request
+                request = next_request(steps, self.run_job(r.experiment, r.commit, r.run_index, r.description,
+                                                           r.seed_offset, work_dir=r.work_dir, name=r.name))
+        finally:
+            steps.close()  # a run that raised: an incumbent's worktree goes now, not when collected
 
     def experiment_steps(self, proposal: Proposal, tree: InPlace | Worktree) -> Generator[RunRequest, RunOutcome, None]:
         """One experiment from its proposal to its decision, in `tree`. It yields each run it needs
@@ -786,18 +794,25 @@ class Session:
             self.decide(n, decision, outcome.reason, None, commit, base)
             return
         runs = [outcome.val_bpb]
+        lost: RunOutcome | None = None  # a run of the incumbent whose worker was lost
         verdict = self.judge(self.incumbent_runs(), runs, rule)
         while ((verdict.need_more_runs or verdict.need_incumbent_runs)
                and not self.stop_requested.is_set() and self.room_for_a_run()):
             if verdict.need_incumbent_runs:
                 incumbent = s.best_commit  # another candidate's keep may move it while this runs
-                added = yield from self.incumbent_run(n, incumbent, len(base.incumbent_added) + 1)
-                if added is None:  # judged on the incumbent's runs as they are
+                top = yield from self.incumbent_run(n, incumbent)
+                if top.status == "interrupted":  # its worker was lost: as under a confirmation run
+                    lost = top
+                    break
+                if top.status != "ok" and self.last_run_stopped:  # a stop: no decision on fewer runs
+                    break
+                if top.status != "ok" or top.integrity_failure:  # judged on the incumbent's runs as they are
                     rule = dataclasses.replace(rule, incumbent_runs=0)
                 elif incumbent == (base.incumbent_commit or incumbent):  # the record holds one incumbent's
                     # (a run of a second one, after a keep moved it mid-decision, counts in this session only)
                     base = dataclasses.replace(base, incumbent_commit=incumbent, setup=s.setup,
-                                               incumbent_added=[*base.incumbent_added, added])
+                                               incumbent_added=[*base.incumbent_added, top.val_bpb])
+                    self.incumbent_added[n] = base
             else:
                 more = yield RunRequest(n, commit, len(runs) + 1, proposal.description, len(runs), tree.root)
                 outcomes.append(more)
@@ -805,10 +820,12 @@ class Session:
                     break
                 runs.append(more.val_bpb)
             verdict = self.judge(self.incumbent_runs(), runs, rule)
+        self.incumbent_added.pop(n, None)  # from here on every decision carries `base`
         use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
-        if outcomes[-1].status == "interrupted":  # its worker was lost under a confirmation run: not its fault
+        interrupted = lost or (outcomes[-1] if outcomes[-1].status == "interrupted" else None)
+        if interrupted is not None:  # its worker was lost under a later run: not its fault
             tree.discard(parent)
-            self.decide(n, Decision.INTERRUPTED, outcomes[-1].reason, None, commit, dataclasses.replace(base, **use))
+            self.decide(n, Decision.INTERRUPTED, interrupted.reason, None, commit, dataclasses.replace(base, **use))
             return
         if use["integrity_failure"]:  # a confirmation run broke a pin: none of its runs count
             tree.discard(parent)
@@ -833,29 +850,31 @@ class Session:
         else:
             tree.discard(parent)
             reason = verdict.reason
-            if verdict.need_more_runs:
+            if verdict.need_more_runs or verdict.need_incumbent_runs:
                 last = outcomes[-1]
                 why = (f"run {len(outcomes)} failed: {last.reason}" if last.status != "ok" else
                        "a stop came" if self.stop_requested.is_set() else "no budget was left for it")
-                reason = f"discarded: a confirmation run did not complete ({why}); {verdict.reason}"
+                which = "a confirmation run" if verdict.need_more_runs else "the incumbent's run"
+                reason = f"discarded: {which} did not complete ({why}); {verdict.reason}"
             self.decide(n, Decision.DISCARD, newer + reason, mean, commit, base)
 
-    def incumbent_run(self, n: int, incumbent: str, k: int) -> Generator[RunRequest, RunOutcome, float | None]:
-        """One more run of the incumbent for experiment `n`'s decision (its `k`-th), in a worktree
-        of its own (the candidate's tree holds the candidate): its val_bpb, added to the
-        incumbent's runs, or None if it did not score."""
+    def incumbent_run(self, n: int, incumbent: str) -> Generator[RunRequest, RunOutcome, RunOutcome]:
+        """One more run of the incumbent for experiment `n`'s decision, in a worktree of its own
+        (the candidate's tree holds the candidate); its outcome, its val_bpb added to the
+        incumbent's runs if it scored. Each draws a seed no other run of the incumbent drew,
+        including one in flight for another candidate."""
         s = self.state
+        k = self.incumbent_run_count[n] = self.incumbent_run_count.get(n, 0) + 1
+        seed = self.next_seed[incumbent] = max(self.next_seed.get(incumbent, 0), len(s.runs.get(incumbent, []))) + 1
         tree = Worktree.create(self.lab, incumbent, f"{s.id}-{n:04d}-incumbent{k}")
         try:
-            done = len(s.runs.get(incumbent, []))
-            outcome = yield RunRequest(n, incumbent, 0, f"the incumbent {incumbent[:10]}, run {done + 1}, for experiment {n}",
-                                       done, tree.root, name=f"incumbent{k}")
+            outcome = yield RunRequest(n, incumbent, 0, f"the incumbent {incumbent[:10]}, for experiment {n}",
+                                       seed - 1, tree.root, name=f"incumbent{k}")
         finally:
             tree.close()
-        if outcome.status != "ok" or outcome.integrity_failure:
-            return None
-        s.runs = noise.merge(s.runs, incumbent, [outcome.val_bpb])
-        return outcome.val_bpb
+        if outcome.status == "ok" and not outcome.integrity_failure:
+            s.runs = noise.merge(s.runs, incumbent, [outcome.val_bpb])
+        return outcome
 
     def incumbent_runs(self) -> list[float]:
         """The scored runs of the best commit now: what a candidate is judged against."""
@@ -887,6 +906,9 @@ class Session:
             proposed = self.proposals.get(n)
             base = P.Decided() if proposed is None else P.Decided(  # what it was, for readers of the decision
                 description=proposed.description, source=proposed.source, params=proposed.params)
+            if (made := self.incumbent_added.pop(n, None)) is not None:  # its incumbent's runs still count
+                base = dataclasses.replace(base, incumbent_commit=made.incumbent_commit, setup=made.setup,
+                                           incumbent_added=made.incumbent_added)
             self.decide(n, Decision.CRASH, why + "; its change was reset", None, reset_to, base)
 
     def refuse(self, n: int, refused: Refused, parent: str, base: P.Decided) -> None:

@@ -43,6 +43,11 @@ class Flight:
     request: RunRequest
     stops_at: int  # the session's stop count when the run was submitted
 
+    def close(self) -> None:
+        """Its steps (an incumbent's worktree they hold goes with them) and its worktree."""
+        self.steps.close()
+        self.tree.close()
+
 
 def parallel_loop(session: Any) -> str:
     """Run experiments on `session.pool`'s workers until a reason to end, then wait for those in
@@ -149,14 +154,14 @@ def _answer(session: Any, flight: Flight, outcome: RunOutcome) -> RunRequest | N
                                     or outcome.status == "interrupted")
         nxt = next_request(flight.steps, outcome)
     except LedgerError:
-        flight.tree.close()
+        flight.close()
         raise
     except Exception as e:
-        flight.tree.close()
+        flight.close()
         session.contain(e, req.experiment)
         return None
     if nxt is None:
-        flight.tree.close()
+        flight.close()
         return None
     flight.request = nxt
     try:
@@ -164,7 +169,7 @@ def _answer(session: Any, flight: Flight, outcome: RunOutcome) -> RunRequest | N
     except LedgerError:
         raise
     except Exception as e:
-        flight.tree.close()
+        flight.close()
         session.contain(e, req.experiment)
         return None
     return nxt

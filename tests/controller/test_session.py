@@ -20,6 +20,7 @@ from lab_helpers import charter, queue_folder, with_constants
 from controller.proposers.queue import QueueProposer
 from controller.session.loop import Session
 from ledger import EventKind, Ledger
+from ledger.query import open_readonly
 
 
 def events(lab, kind=None):
@@ -101,6 +102,11 @@ def test_the_baselines_repeat_runs_in_a_worktree_of_its_own_when_a_candidate_is_
     assert p["incumbent_commit"] == baseline_commit and p["incumbent_added"] == [repeat.val_bpb]
     assert p["incumbent_runs"] == [decided[0].val_bpb, repeat.val_bpb] and "(2 runs)" in p["reason"]
     assert (lab.runs_dir / summary["session"] / "0001-incumbent1" / "train.log").is_file()
+    con = open_readonly(lab.ledger_path)  # the experiment's own runs: the incumbent's is not counted
+    try:
+        assert con.execute("select experiment, runs from experiments order by experiment").fetchall() == [(0, 1), (1, 1)]
+    finally:
+        con.close()
     # the worktree is gone, the lab's tree holds the keep, and the ledger checks out
     assert lab.git.head() == decided[1].commit_sha and lab.git.dirty_paths() == []
     assert "incumbent" not in subprocess.run(["git", "-C", str(lab.root), "worktree", "list"],

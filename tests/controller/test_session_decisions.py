@@ -8,6 +8,7 @@ gives each (description, run) instead of training.
 """
 
 import statistics
+from datetime import datetime, timezone
 
 import pytest
 
@@ -15,7 +16,7 @@ from controller.execution.runner import RunOutcome
 from controller.execution.sandbox import SandboxResult
 from controller.policy import noise
 from controller.proposers import Proposal
-from controller.session.loop import Session
+from controller.session.loop import Session, SessionState
 from ledger import Decision, EventKind, Ledger
 from ledger import payloads as P
 
@@ -136,6 +137,39 @@ def test_an_incumbent_run_that_fails_leaves_the_judgement_on_the_runs_it_has(mak
     assert "(1 run)" in p.reason and "of the incumbent" not in p.reason  # the bar of a one-run incumbent
     assert lab.git.head() == e.commit_sha  # the keep is in the lab's work tree, the incumbent's worktree gone
 
+
+
+def test_an_incumbent_run_whose_worker_is_lost_makes_the_candidate_interrupted(make_lab, monkeypatch):
+    lab = make_lab(rules=REPEATS)
+    scripted_runs(monkeypatch, {"baseline": [2.00], "good": [1.70, 1.71, 1.69], "next": [2.0]})
+    scripted = Session.run_job
+
+    def run_job(self, n, commit, run_index, description, seed_offset=0, **where):
+        if run_index == 0:
+            t = SandboxResult(None, False, False, 1.0, 10.0, "none", "", exit_seconds=1.0)
+            return RunOutcome("interrupted", "its worker was lost", None, t, None, {})
+        return scripted(self, n, commit, run_index, description, seed_offset, **where)
+
+    monkeypatch.setattr(Session, "run_job", run_job)
+    Session(lab, Script([("good", "a"), ("next", "b")]), tag="lost").run()
+    rows = {p.description: (e, p) for e, p in decided(lab)}
+    assert rows["good"][0].decision == Decision.INTERRUPTED and "its worker was lost" in rows["good"][1].reason
+    assert rows["next"][0].decision == Decision.DISCARD  # the session went on
+
+
+def test_two_runs_of_one_incumbent_in_flight_at_once_never_share_a_seed(make_lab):
+    # with several workers two promising candidates may each ask for a run of the incumbent
+    lab = make_lab(rules=REPEATS)
+    head = lab.git.head()
+    session = Session(lab, Script([]), tag="seeds")
+    session.state = SessionState(id="s-seeds", tag="seeds", branch="charter/seeds", started=datetime.now(timezone.utc),
+                                 runs={head: [2.0]})
+    first, second = session.incumbent_run(1, head), session.incumbent_run(2, head)
+    a, b = next(first), next(second)  # both asked for before either comes back
+    assert (a.seed_offset, b.seed_offset) == (1, 2) and a.commit == b.commit == head
+    assert a.work_dir != b.work_dir and a.work_dir.joinpath("train.py").is_file() and a.work_dir != lab.root
+    first.close(), second.close()  # a decision abandoned mid-run: its worktree goes with it
+    assert not a.work_dir.exists() and not b.work_dir.exists()
 
 def test_a_later_session_pools_the_noise_and_draws_new_seeds(make_lab, monkeypatch):
     lab = make_lab(rules=REPEATS)

@@ -38,7 +38,8 @@ def detail_text(row: ExperimentRow) -> Text:
             v = f"{r.val_bpb:.4f}" if r.val_bpb is not None else "-"
             gpu = (f", VRAM {r.peak_vram_mb:.0f} MB" if r.peak_vram_mb is not None else "") + \
                   (f", MFU {r.mfu:.1%}" if r.mfu is not None else "")
-            t.append(f"  run {r.run}: exit {r.returncode}, {r.wall_seconds:.1f} s, peak {r.peak_rss_mb:.0f} MB{gpu}, "
+            which = f"run {r.run}" if r.run else "the incumbent's run for it"  # run 0: made for this decision
+            t.append(f"  {which}: exit {r.returncode}, {r.wall_seconds:.1f} s, peak {r.peak_rss_mb:.0f} MB{gpu}, "
                      f"val_bpb {v}{', timed out' if r.timed_out else ''}{(', ' + r.status) if r.status else ''}\n")
     if row.refusals:
         t.append("\nrefused by the harm test\n", style="bold red")
