@@ -700,42 +700,33 @@ class Session:
                          repair=repair, setup=s.setup)
         self.record(P.Proposed(description=label, source=base.source, parent_commit=commit, params=base.params),
                     experiment=n, commit_sha=commit)
-        wanted = 1  # its repeats (decision.baseline_runs) run when a promising candidate's judge asks for them
-        outcomes, bpbs = [], []
-        while len(outcomes) < wanted and not self.stop_requested.is_set() and (not outcomes or self.room_for_a_run()):
-            outcome = self.run_job(n, commit, len(outcomes) + 1, label, len(s.runs.get(commit, [])) + len(bpbs))
-            outcomes.append(outcome)
-            if outcome.status != "ok":
-                break
-            bpbs.append(outcome.val_bpb)
-        use = resource_use(outcomes, self.rules.budgets.experiment.memory_soft_mb)
-        last = outcomes[-1] if outcomes else None
-        if not bpbs or last.integrity_failure:  # a run that broke a pin voids the measurement
-            decision = decision_for_failed_run(last.status if last else "interrupted",
-                                               self.last_run_stopped if last else self.stop_requested.is_set())
-            self.decide(n, decision, f"{label} failed: {last.reason if last else 'stopped before it ran'}", None, commit,
-                        dataclasses.replace(base, **use))
+        # one run: its repeats (decision.baseline_runs) run when a promising candidate's judge asks for them
+        outcome = None if self.stop_requested.is_set() else self.run_job(n, commit, 1, label, len(s.runs.get(commit, [])))
+        use = resource_use([outcome] if outcome else [], self.rules.budgets.experiment.memory_soft_mb)
+        if outcome is None or outcome.status != "ok" or outcome.integrity_failure:  # a broken pin voids it too
+            decision = decision_for_failed_run(outcome.status if outcome else "interrupted",
+                                               self.last_run_stopped if outcome else self.stop_requested.is_set())
+            self.decide(n, decision, f"{label} failed: {outcome.reason if outcome else 'stopped before it ran'}", None,
+                        commit, dataclasses.replace(base, **use))
             return
-        s.runs = noise.merge(s.runs, commit, bpbs)
+        bpb = outcome.val_bpb
+        s.runs = noise.merge(s.runs, commit, [bpb])
         all_runs = s.runs[commit]
         mean = statistics.fmean(all_runs)
         est = self.noise_estimate()
-        evidence = dict(runs=bpbs, noise_sd=round(est.sd, 6), noise_df=est.df)
+        evidence = dict(runs=[bpb], noise_sd=round(est.sd, 6), noise_df=est.df)
         drift = None
         if repair and s.best_bpb is not None:
-            drift = bpbs[0] - s.best_bpb
-            reason = f"re-verified baseline {bpbs[0]:.4f} vs recorded {s.best_bpb:.4f} (drift {drift:+.4f})"
+            drift = bpb - s.best_bpb
+            reason = f"re-verified baseline {bpb:.4f} vs recorded {s.best_bpb:.4f} (drift {drift:+.4f})"
             # best_bpb stays the recorded figure (as a resume rebuilds it); the keep rule reads
             # the incumbent's runs, this one included, from s.runs
         else:
             s.baseline_bpb = s.best_bpb = mean
             s.best_commit = commit
-            spread = f", sd {statistics.stdev(bpbs):.4f}" if len(bpbs) > 1 else ""
-            earlier = (f"; with {len(all_runs) - len(bpbs)} earlier run(s) of this commit the mean is {mean:.4f}"
-                       if len(all_runs) > len(bpbs) else "")
-            failed = f"; run {len(outcomes)} failed ({last.reason})" if last.status != "ok" else ""
-            reason = (f"baseline val_bpb {statistics.fmean(bpbs):.4f} over {len(bpbs)} run(s){spread}{earlier}{failed}; "
-                      f"{est.describe()}")
+            earlier = (f"; with {len(all_runs) - 1} earlier run(s) of this commit the mean is {mean:.4f}"
+                       if len(all_runs) > 1 else "")
+            reason = f"baseline val_bpb {bpb:.4f} over 1 run(s){earlier}; {est.describe()}"
         self.decide(n, Decision.BASELINE, reason, mean, commit,
                     dataclasses.replace(base, baseline_drift=drift, **use, **evidence))
 
