@@ -229,10 +229,11 @@ def _alive_with(marker: str) -> list[int]:
 
 def test_a_hanging_agent_is_killed_with_its_whole_tree_at_its_limit(make_lab):
     marker = f"charter-fake-agent-{uuid.uuid4().hex}"
-    lab = make_lab(rules=command_rules("hang", "--marker", marker, deadline=5))
+    lab = make_lab(rules=command_rules("hang", "--marker", marker, deadline=4))  # 2 s for the agent, after the margin
     _, summary = session(lab)
     failed = events(lab, EventKind.PROPOSER_FAILED)
-    assert failed and all("killed at its time limit" in e.payload["error"] for e in failed)
+    errors = [e.payload["error"] for e in failed]
+    assert errors and all("killed at its time limit" in error for error in errors), errors
     assert "thinking forever" in failed[0].payload["error"]  # it ran, and had started its child
     assert "failed" in summary["reason"] and summary["experiments"] == 0
     assert [e.experiment for e in events(lab, EventKind.DECIDED)] == [0]
