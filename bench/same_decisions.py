@@ -6,9 +6,17 @@ tree's own template, constitution and evaluator, one data cache), queues the sam
 train.py's constants in each (written from that lab's own train.py, so they are the same change
 on either baseline), runs one session of each with `charter run --proposer queue` (the trees one
 after the other, in --order), and prints the decisions and val_bpb side by side, with each
-proposal's gain over its session's baseline. Each session's lab is printed; nothing is reused.
+proposal's gain over its session's baseline, its own runs and their median optimizer steps, and
+the decision's margin (improvement minus the bar it had to clear). Each session's lab is printed;
+nothing is reused.
 
-    python bench/same_decisions.py --before REV [--order before,after] [--training-seconds 60] [--json]
+A change that trains more steps in the same budget changes what an edit is worth (the gains of a
+larger learning rate shrink with longer training), so a decision may move for that reason alone.
+`--after-seconds` gives the after tree its own budget: the one at which its steps match the before
+tree's separates the two (the steps columns show how close they came).
+
+    python bench/same_decisions.py --before REV [--order before,after] [--training-seconds 60]
+                                   [--after-seconds S] [--json]
 """
 
 from __future__ import annotations
@@ -42,8 +50,14 @@ import json, sys
 from ledger.query import open_readonly
 from controller.workspace.lab import find_lab
 con = open_readonly(find_lab(sys.argv[1]).ledger_path)
-rows = con.execute("SELECT experiment, source, decision, val_bpb FROM experiments ORDER BY experiment").fetchall()
-print(json.dumps([dict(experiment=e, source=s, decision=d, val_bpb=v) for e, s, d, v in rows]))
+rows = con.execute('''
+    SELECT x.experiment, x.source, x.decision, x.val_bpb, x.improvement, x.threshold, x.runs,
+           (SELECT median(CAST(json_extract(e.body, '$.payload.stats.steps') AS DOUBLE)) FROM events e
+            WHERE e.kind = 'training_finished' AND e.session = x.session AND e.experiment = x.experiment
+              AND coalesce(CAST(json_extract(e.body, '$.payload.run') AS INTEGER), 1) > 0) AS steps
+    FROM experiments x ORDER BY x.experiment''').fetchall()
+keys = ("experiment", "source", "decision", "val_bpb", "improvement", "threshold", "runs", "steps")
+print(json.dumps([dict(zip(keys, row)) for row in rows]))
 """
 
 
@@ -85,6 +99,7 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="git revision of the code before the change")
     ap.add_argument("--order", default="before,after", help="which tree's session runs first")
     ap.add_argument("--training-seconds", default="60")
+    ap.add_argument("--after-seconds", help="the after tree's budget (default: --training-seconds)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="charter-same-"))
@@ -93,7 +108,8 @@ def main() -> None:
                    capture_output=True)
     try:
         trees = {"before": before, "after": REPO}
-        found = {name: session(trees[name], work / name, args.training_seconds) for name in args.order.split(",")}
+        seconds = {"before": args.training_seconds, "after": args.after_seconds or args.training_seconds}
+        found = {name: session(trees[name], work / name, seconds[name]) for name in args.order.split(",")}
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
     rows = []
@@ -114,14 +130,22 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
 
-    def f(v):
-        return "–" if v is None else f"{v:.4f}"
-    print("| proposal | decision before | decision after | val_bpb before | val_bpb after | gain before | gain after |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    def f(v, spec=".4f"):
+        return "–" if v is None else format(v, spec)
+
+    def margin(r):  # how far the decision's improvement was past the bar it had to clear
+        i, t = r.get("improvement"), r.get("threshold")
+        return None if i is None or t is None else i - t
+    print(f"budgets: before {seconds['before']} s, after {seconds['after']} s")
+    print("| proposal | decision before | decision after | val_bpb before | val_bpb after | gain before | gain after "
+          "| runs before | runs after | steps before | steps after | margin before | margin after |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         b, a = r["before"], r["after"]
         print(f"| {r['proposal']} | {b.get('decision')} | {a.get('decision')} | {f(b.get('val_bpb'))} | "
-              f"{f(a.get('val_bpb'))} | {f(b.get('gain'))} | {f(a.get('gain'))} |")
+              f"{f(a.get('val_bpb'))} | {f(b.get('gain'))} | {f(a.get('gain'))} | {f(b.get('runs'), 'd')} | "
+              f"{f(a.get('runs'), 'd')} | {f(b.get('steps'), '.0f')} | {f(a.get('steps'), '.0f')} | "
+              f"{f(margin(b), '+.4f')} | {f(margin(a), '+.4f')} |")
     same = sum(r["same"] for r in rows)
     print(f"same decision: {same} of {len(rows)}")
 

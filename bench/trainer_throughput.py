@@ -81,7 +81,7 @@ def main():
             spent[name] += time.time() - t0
     tokens = rounds * 5 * T.DEVICE_BATCH_SIZE * seq_len
     base = tokens / spent[rows[0][0]]
-    print(f"| mode | tokens/s | warm-up s | vs eager |\n|---|---|---|---|")
+    print("| mode | tokens/s | warm-up s | vs eager |\n|---|---|---|---|")
     for name in steps:
         tps = tokens / spent[name]
         print(f"| {name} | {tps:,.0f} | {warm[name]:.1f} | {tps / base:.2f}x |")

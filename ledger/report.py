@@ -246,7 +246,7 @@ def render_markdown(data: dict[str, Any], chart_name: str, diff_lines: int = 80)
         used, limit = b["used"], b["limit"]
         share = f"{used / limit:.0%}" if used is not None and limit else ""
         out.append(f"| {b['resource']} | {_num(used)} | {_num(limit)} | {share} |")
-    out += ["", f"_Written from the ledger's events by `charter ledger report`; agent text is quoted, not trusted._", ""]
+    out += ["", "_Written from the ledger's events by `charter ledger report`; agent text is quoted, not trusted._", ""]
     return "\n".join(out)
 
 
